@@ -1,0 +1,1 @@
+"""gentract_bids.phantom"""
