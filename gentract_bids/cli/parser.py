@@ -1,0 +1,99 @@
+"""The BIDS-App command line: ``gentract BIDS_DIR OUTPUT_DIR {participant,group}``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .. import __version__
+from ..config import Config, Execution, Model, Seeds, Workflow
+from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
+
+ANALYSIS_LEVELS = ("participant", "group")
+TRACKERS = ("gentract",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with the BIDS-Apps usage code (64) instead of 2."""
+
+    def error(self, message):
+        self.print_usage()
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="gentract",
+        description="GenTract-BIDS: generative global tractography of diffusion MRI (BIDS-App).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
+    p.add_argument("output_dir", type=Path, help="where the derivatives dataset is written")
+    p.add_argument(
+        "analysis_level", help=f"processing stage: {' or '.join(ANALYSIS_LEVELS)}"
+    )
+    g = p.add_argument_group("selecting data")
+    g.add_argument(
+        "--participant-label", "--participant_label", nargs="+", default=[],
+        help="participants to process, with or without 'sub-' (default: all)",
+    )
+    g.add_argument(
+        "--session-label", "--session_label", nargs="+", default=[],
+        help="sessions to process, with or without 'ses-' (default: all)",
+    )
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                   help="do not run the BIDS validator on the input")
+    g = p.add_argument_group("execution")
+    g.add_argument("-w", "--work-dir", type=Path, default=None,
+                   help="working directory for intermediate results (default: ./work)")
+    g.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1,
+                   help="maximum number of processes nipype runs at once (MultiProc)")
+    g.add_argument("--omp-nthreads", type=int, default=1, help="threads per process")
+    g.add_argument("--random-seed", type=int, default=0, help="the one seed of the whole run")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model runs: auto uses CUDA when available")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    g.add_argument("--version", action="version", version=f"gentract {__version__}")
+    g = p.add_argument_group("fODF stage")
+    g.add_argument("--sh-order", type=int, default=6, help="maximal SH order of the CSD fODF")
+    g.add_argument("--csd-method", choices=("auto", "ssst", "msmt"), default="auto",
+                   help="CSD flavour; auto: single-shell CSD on one shell (see --csd-shell)")
+    g.add_argument("--csd-shell", type=float, default=None,
+                   help="b-value of the shell used by single-shell CSD on multi-shell data")
+    return p
+
+
+def parse_args(argv=None) -> Config:
+    """Parse ``argv`` into the run's :class:`Config` (raises on inconsistent paths/levels)."""
+    opts = build_parser().parse_args(argv)
+    if opts.analysis_level not in ANALYSIS_LEVELS:
+        raise UnknownAnalysisLevel(
+            f"unknown analysis level '{opts.analysis_level}': use one of {', '.join(ANALYSIS_LEVELS)}"
+        )
+    if opts.sh_order < 2 or opts.sh_order % 2:
+        raise UsageError(f"--sh-order must be a positive even number, got {opts.sh_order}")
+    if opts.nprocs < 1 or opts.omp_nthreads < 1:
+        raise UsageError("--nprocs and --omp-nthreads must be at least 1")
+    bids_dir = opts.bids_dir.resolve()
+    output_dir = opts.output_dir.resolve()
+    work_dir = (opts.work_dir or Path.cwd() / "work").resolve()
+    return Config(
+        execution=Execution(
+            bids_dir=bids_dir,
+            output_dir=output_dir,
+            work_dir=work_dir,
+            analysis_level=opts.analysis_level,
+            participant_label=[s.removeprefix("sub-") for s in opts.participant_label],
+            session_label=[s.removeprefix("ses-") for s in opts.session_label],
+            skip_bids_validation=opts.skip_bids_validation,
+            nprocs=opts.nprocs,
+            omp_nthreads=opts.omp_nthreads,
+            device=opts.device,
+            verbosity=opts.verbose,
+        ),
+        workflow=Workflow(sh_order=opts.sh_order, csd_method=opts.csd_method,
+                          csd_shell=opts.csd_shell),
+        model=Model(),
+        seeds=Seeds(master=opts.random_seed),
+    )

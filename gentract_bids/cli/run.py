@@ -1,0 +1,150 @@
+"""``gentract``: parse -> config -> checks -> nipype workflow -> derivatives."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..config import Config, resolve_device
+from ..errors import (
+    EX_FAILURE,
+    EX_OK,
+    BadDataError,
+    CannotCreateOutput,
+    GenTractError,
+    NoInputError,
+)
+from .parser import parse_args
+
+LOG = logging.getLogger("gentract")
+
+
+def main(argv=None) -> int:
+    """Console entry point; returns (and exits with) a BIDS-Apps exit code."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+    try:
+        config = parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if config.execution.verbosity > 1
+            else logging.INFO if config.execution.verbosity else logging.WARNING,
+            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        )
+        code = run(config)
+    except GenTractError as err:
+        print(f"gentract: error: {err}", file=sys.stderr)
+        code = err.exit_code
+    return code
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_paths(config: Config) -> None:
+    """The input must exist; outputs and work must not be inside it (it is never modified)."""
+    ex = config.execution
+    if not ex.bids_dir.is_dir():
+        raise NoInputError(f"input dataset not found: {ex.bids_dir}")
+    for what, path in (("output", ex.output_dir), ("work", ex.work_dir)):
+        if _inside(path, ex.bids_dir):
+            raise CannotCreateOutput(
+                f"the {what} directory {path} is inside the input dataset {ex.bids_dir}; "
+                "choose a location outside it (the input is never modified)"
+            )
+        if path.exists() and not path.is_dir():
+            raise CannotCreateOutput(f"the {what} directory {path} exists and is not a directory")
+
+
+def preflight(inputs) -> None:
+    """Read every selected series completely before anything is written."""
+    import nibabel as nb
+
+    from ..io.dwi import read_dwi
+
+    for item in inputs:
+        name = Path(item.dwi).name
+        if item.bval is None or item.bvec is None:
+            missing = " and ".join(k for k in ("bval", "bvec") if getattr(item, k) is None)
+            raise BadDataError(f"{name}: no .{missing} file found for this DWI series")
+        try:
+            dwi = read_dwi(item.dwi, item.bval, item.bvec)
+        except BadDataError as err:
+            raise BadDataError(f"sub-{item.subject}: {err}") from None
+        if item.mask is not None:
+            mask = nb.load(item.mask)
+            if mask.shape[:3] != dwi.data.shape[:3]:
+                raise BadDataError(
+                    f"{Path(item.mask).name} has shape {mask.shape[:3]} but {name} has "
+                    f"{dwi.data.shape[:3]}"
+                )
+
+
+def run(config: Config) -> int:
+    ex = config.execution
+    check_paths(config)
+    if ex.analysis_level == "group":
+        from .group import run_group
+
+        return run_group(config)
+
+    from ..io.bids import collect_dwi, load_layout, validate_bids
+
+    if not ex.skip_bids_validation:
+        validate_bids(ex.bids_dir)
+    layout = load_layout(ex.bids_dir)
+    inputs = collect_dwi(layout, ex.participant_label, ex.session_label)
+    preflight(inputs)
+    device = resolve_device(ex.device)
+
+    created_output = not ex.output_dir.exists()
+    try:
+        ex.work_dir.mkdir(parents=True, exist_ok=True)
+        ex.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CannotCreateOutput(f"cannot create {err.filename}: {err.strerror}") from None
+    config.to_toml(ex.work_dir / "config.toml")
+
+    ok = _run_workflow(config, inputs, device)
+    committed = any(ex.output_dir.glob("sub-*"))
+    if committed:
+        from ..io.bids import write_dataset_description
+
+        write_dataset_description(ex.output_dir, source=ex.bids_dir)
+    elif created_output and not any(ex.output_dir.iterdir()):
+        ex.output_dir.rmdir()
+    if not ok:
+        return EX_FAILURE
+    print(f"gentract: fODF derivatives of {len(inputs)} DWI series written to {ex.output_dir}")
+    print("gentract: next stage (GenTract sampling and evaluation) is not part of this release yet")
+    return EX_OK
+
+
+def _run_workflow(config: Config, inputs, device: str) -> bool:
+    from nipype import config as ncfg
+
+    from ..workflows.base import init_gentract_wf
+
+    ex = config.execution
+    ncfg.set("execution", "crashdump_dir", str(ex.work_dir / "crash"))
+    ncfg.set("execution", "crashfile_format", "txt")
+    ncfg.set("execution", "stop_on_first_crash", "false")
+    ncfg.set("monitoring", "enabled", "false")
+    wf = init_gentract_wf(config, inputs, device)
+    plugin = ("MultiProc", {"n_procs": ex.nprocs}) if ex.nprocs > 1 else ("Linear", {})
+    try:
+        wf.run(plugin=plugin[0], plugin_args=plugin[1])
+    except RuntimeError as err:
+        print(
+            f"gentract: error: processing failed ({err}); crash reports are in "
+            f"{ex.work_dir / 'crash'}; outputs of failed series were not written",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The one configuration object of a run: execution, workflow, model and seeds.
+
+It is built by the CLI, saved as TOML in the work directory, and echoed (``provenance()``) in every
+output sidecar.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import tomli_w
+
+from . import __version__
+
+
+@dataclass
+class Execution:
+    bids_dir: Path | None = None
+    output_dir: Path | None = None
+    work_dir: Path | None = None
+    analysis_level: str = "participant"
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    skip_bids_validation: bool = False
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    device: str = "auto"
+    verbosity: int = 0
+
+
+@dataclass
+class Workflow:
+    sh_order: int = 6
+    csd_method: str = "auto"  # auto | ssst | msmt
+    csd_shell: float | None = None  # b-value for single-shell CSD on multi-shell data
+    grid_spacing: float = 1.875
+    grid_shape: tuple[int, int, int] = (80, 96, 80)
+    trackers: list[str] = field(default_factory=lambda: ["gentract"])
+
+
+@dataclass
+class Model:
+    path: Path | None = None  # None: the shipped checkpoint
+    sha256: str | None = None
+    sampler: str = "ddim"
+    steps: int = 10
+
+
+@dataclass
+class Seeds:
+    master: int = 0
+
+    @property
+    def numpy(self) -> int:
+        return int(np.random.SeedSequence([self.master, 1]).generate_state(1)[0])
+
+    @property
+    def torch(self) -> int:
+        return int(np.random.SeedSequence([self.master, 2]).generate_state(1)[0])
+
+
+@dataclass
+class Config:
+    execution: Execution = field(default_factory=Execution)
+    workflow: Workflow = field(default_factory=Workflow)
+    model: Model = field(default_factory=Model)
+    seeds: Seeds = field(default_factory=Seeds)
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        def clean(obj):
+            if isinstance(obj, dict):
+                return {k: clean(v) for k, v in obj.items() if v is not None}
+            if isinstance(obj, (list, tuple)):
+                return [clean(v) for v in obj]
+            if isinstance(obj, Path):
+                return str(obj)
+            return obj
+
+        out = clean(asdict(self))
+        out["environment"] = {
+            "version": __version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "container": container(),
+        }
+        return clean(out)
+
+    def to_toml(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps(self.to_dict()))
+        return path
+
+    @classmethod
+    def from_toml(cls, path: Path) -> "Config":
+        raw = tomllib.loads(Path(path).read_text())
+        sections = {}
+        for f in fields(cls):
+            section_cls = f.default_factory
+            values = raw.get(f.name, {})
+            kwargs = {}
+            for sf in fields(section_cls):
+                if sf.name in values:
+                    value = values[sf.name]
+                    if sf.type.startswith("Path") and value is not None:
+                        value = Path(value)
+                    if sf.name == "grid_shape":
+                        value = tuple(value)
+                    kwargs[sf.name] = value
+            sections[f.name] = section_cls(**kwargs)
+        return cls(**sections)
+
+    def provenance(self, device: str | None = None) -> dict:
+        """What every output sidecar records about the run that made it."""
+        return {
+            "Software": "gentract",
+            "Version": __version__,
+            "RandomSeed": self.seeds.master,
+            "Device": device or resolve_device(self.execution.device),
+            "ModelChecksum": self.model.sha256,
+            "Container": container(),
+        }
+
+
+def container() -> str | None:
+    """The container the run is in, when known (Docker, Singularity/Apptainer)."""
+    if os.environ.get("GENTRACT_CONTAINER"):
+        return os.environ["GENTRACT_CONTAINER"]
+    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        return "singularity"
+    if Path("/.dockerenv").exists():
+        return "docker"
+    return None
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one fails."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        from .errors import UsageError
+
+        raise UsageError("--device cuda was requested but no CUDA device is available")
+    return "cuda" if has_cuda else "cpu"

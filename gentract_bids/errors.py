@@ -1,0 +1,46 @@
+"""Errors that end a run with one readable message and a BIDS-Apps exit code."""
+
+# BIDS-Apps execution spec (see architecture.md)
+EX_OK = 0
+EX_FAILURE = 1
+EX_BIDS_INVALID = 16
+EX_UNKNOWN_LEVEL = 17
+EX_NOTHING_MATCHED = 18
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_CANTCREAT = 73
+
+
+class GenTractError(Exception):
+    """Base class: ``exit_code`` is what the command-line returns."""
+
+    exit_code = EX_FAILURE
+
+
+class UsageError(GenTractError):
+    exit_code = EX_USAGE
+
+
+class BIDSValidationFailed(GenTractError):
+    exit_code = EX_BIDS_INVALID
+
+
+class UnknownAnalysisLevel(GenTractError):
+    exit_code = EX_UNKNOWN_LEVEL
+
+
+class NothingMatched(GenTractError):
+    exit_code = EX_NOTHING_MATCHED
+
+
+class BadDataError(GenTractError):
+    exit_code = EX_DATAERR
+
+
+class NoInputError(GenTractError):
+    exit_code = EX_NOINPUT
+
+
+class CannotCreateOutput(GenTractError):
+    exit_code = EX_CANTCREAT

@@ -1,0 +1,188 @@
+"""BIDS input queries (pybids), validation, and derivative naming (``data/io_spec.json``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from .. import __version__
+from ..errors import BIDSValidationFailed, NoInputError, NothingMatched
+
+DWI_EXTENSIONS = [".nii", ".nii.gz"]
+
+
+@lru_cache
+def io_spec() -> dict:
+    """The derivative naming spec: pybids entities and path patterns (naming as data)."""
+    return json.loads(resources.files("gentract_bids.data").joinpath("io_spec.json").read_text())
+
+
+def build_path(entities: dict) -> str:
+    """Derivative path (relative to the output root) for ``entities``, from ``io_spec.json``."""
+    from bids.layout.writing import build_path as _build
+
+    path = _build(entities, path_patterns=io_spec()["default_path_patterns"], strict=True)
+    if path is None:
+        raise ValueError(f"no derivative naming pattern matches {entities}")
+    return path
+
+
+def validate_bids(bids_dir: Path) -> None:
+    """Run the BIDS validator (bids-validator-deno); raise :class:`BIDSValidationFailed`."""
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise BIDSValidationFailed(
+            f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json"
+        )
+    beside = Path(sys.executable).parent / "bids-validator-deno"
+    exe = str(beside) if beside.is_file() else shutil.which("bids-validator-deno")
+    if exe is None:
+        raise BIDSValidationFailed(
+            "bids-validator-deno is not installed; install it or pass --skip-bids-validation"
+        )
+    proc = subprocess.run(
+        [exe, "--json", str(bids_dir)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode == 0:
+        return
+    try:
+        issues = json.loads(proc.stdout)["issues"]["issues"]
+        errors = sorted({i["code"] for i in issues if i.get("severity") == "error"})
+        reason = ", ".join(errors) or proc.stderr.strip()[-500:]
+    except (ValueError, KeyError, TypeError):
+        reason = (proc.stderr or proc.stdout).strip()[-500:]
+    raise BIDSValidationFailed(
+        f"{bids_dir} failed BIDS validation ({reason}). Fix the dataset or pass "
+        "--skip-bids-validation"
+    )
+
+
+def load_layout(bids_dir: Path):
+    """A pybids layout of the raw dataset plus any derivatives inside it (read-only)."""
+    from bids import BIDSLayout
+    from bids.exceptions import BIDSValidationError
+
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise BIDSValidationFailed(
+            f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json"
+        )
+    derivatives = [
+        p.parent for p in sorted((bids_dir / "derivatives").glob("*/dataset_description.json"))
+    ]
+    try:
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=[str(d) for d in derivatives])
+    except (BIDSValidationError, ValueError) as err:
+        raise BIDSValidationFailed(f"{bids_dir}: {err}") from None
+
+
+@dataclass
+class DWIInput:
+    """One DWI series of one participant, with what pybids found beside it."""
+
+    subject: str
+    dwi: str
+    bval: str | None
+    bvec: str | None
+    mask: str | None
+    entities: dict
+
+
+def _strip(labels, prefix):
+    return [str(lab).removeprefix(prefix) for lab in labels] if labels else None
+
+
+def collect_dwi(layout, participant_label=None, session_label=None) -> list[DWIInput]:
+    """Every DWI series of the selected participants and sessions.
+
+    Raises :class:`NothingMatched` for labels not in the dataset and :class:`NoInputError` when the
+    selection holds no DWI.
+    """
+    subjects = _strip(participant_label, "sub-")
+    sessions = _strip(session_label, "ses-")
+    all_subjects = layout.get_subjects()
+    if subjects:
+        unknown = sorted(set(subjects) - set(all_subjects))
+        if unknown:
+            raise NothingMatched(
+                f"participant label(s) {', '.join(unknown)} not found in {layout.root} "
+                f"(it has: {', '.join(all_subjects) or 'none'})"
+            )
+    else:
+        subjects = all_subjects
+    if sessions:
+        known = set(layout.get_sessions(subject=subjects))
+        unknown = sorted(set(sessions) - known)
+        if unknown:
+            raise NothingMatched(f"session label(s) {', '.join(unknown)} not found")
+    query = dict(subject=subjects, suffix="dwi", extension=DWI_EXTENSIONS, scope="raw")
+    if sessions:
+        query["session"] = sessions
+    files = layout.get(**query)
+    if not files:
+        raise NoInputError(
+            f"no DWI series (sub-*/[ses-*/]dwi/*_dwi.nii[.gz]) for participant(s) "
+            f"{', '.join(subjects) or '(none)'} in {layout.root}"
+        )
+    inputs = []
+    for f in files:
+        ents = {k: v for k, v in f.get_entities().items() if k not in ("extension",)}
+        inputs.append(
+            DWIInput(
+                subject=ents["subject"],
+                dwi=f.path,
+                bval=_sidecar(layout.get_bval, f.path),
+                bvec=_sidecar(layout.get_bvec, f.path),
+                mask=_find_mask(layout, ents),
+                entities=ents,
+            )
+        )
+    return inputs
+
+
+def _sidecar(getter, path) -> str | None:
+    """The .bval/.bvec pybids associates with ``path`` (inheritance principle), or None."""
+    try:
+        found = getter(path)
+    except (IndexError, ValueError):  # pybids raises IndexError when nothing is found
+        return None
+    if not found:
+        return None
+    return found if isinstance(found, str) else found[0]
+
+
+def _find_mask(layout, ents) -> str | None:
+    """A brain mask for this series in the dataset's derivatives (space-dwi), if any."""
+    query = {k: ents[k] for k in ("subject", "session", "acquisition", "run") if k in ents}
+    masks = layout.get(
+        scope="derivatives", suffix="mask", desc="brain", datatype="dwi",
+        extension=DWI_EXTENSIONS, return_type="filename", invalid_filters="allow", **query,
+    )
+    masks = [m for m in masks if "space-" not in Path(m).name or "space-dwi" in Path(m).name]
+    return sorted(masks)[0] if masks else None
+
+
+def write_dataset_description(output_dir: Path, *, source: Path | None = None) -> Path:
+    """``dataset_description.json`` of the derivatives dataset (``DatasetType: derivative``)."""
+    desc = {
+        "Name": "GenTract derivatives",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {
+                "Name": "gentract",
+                "Version": __version__,
+                "CodeURL": "https://github.com/gentract/gentract-bids",
+                "Description": "Generative global tractography (GenTract) as a BIDS-App",
+            }
+        ],
+    }
+    if source is not None:
+        desc["SourceDatasets"] = [{"URL": f"file://{source}"}]
+    path = output_dir / "dataset_description.json"
+    path.write_text(json.dumps(desc, indent=2) + "\n")
+    return path

@@ -1,0 +1,65 @@
+"""The fODF stage: brain mask -> response + CSD -> canonical grid and z-scoring."""
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.fodf import BrainMask, CanonicalFOD, FitCSD
+
+
+def init_fodf_wf(
+    *,
+    sh_order: int = 6,
+    csd_method: str = "auto",
+    csd_shell: float | None = None,
+    grid_spacing: float = 1.875,
+    grid_shape: tuple[int, int, int] = (80, 96, 80),
+    use_given_mask: bool = False,
+    stats_file: str | None = None,
+    name: str = "fodf_wf",
+):
+    """Build the fODF workflow of one DWI series.
+
+    Inputs (``inputnode``): ``dwi_file``, ``bval_file``, ``bvec_file``, ``in_mask`` (read only
+    when ``use_given_mask``).
+
+    Outputs (``outputnode``): ``mask_file``/``mask_metadata`` (native brain mask),
+    ``fod_file``/``fod_metadata`` (native SH coefficients, BEP016 fields),
+    ``canonical_fod``/``canonical_mask``/``canonical_metadata`` (z-scored coefficients on the
+    canonical ``grid_spacing`` grid; z-scored with ``stats_file`` when given, else the subject's own
+    statistics).
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file", "in_mask"]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=["mask_file", "mask_metadata", "fod_file", "fod_metadata",
+                    "canonical_fod", "canonical_mask", "canonical_metadata"]
+        ),
+        name="outputnode",
+    )
+    mask = pe.Node(BrainMask(), name="brain_mask")
+    csd = pe.Node(FitCSD(sh_order=sh_order, method=csd_method, shell=csd_shell), name="csd")
+    canonical = pe.Node(
+        CanonicalFOD(spacing=grid_spacing, shape=tuple(grid_shape)), name="canonical"
+    )
+    if stats_file:
+        canonical.inputs.stats_file = stats_file
+
+    dwi_fields = [("dwi_file", "dwi_file"), ("bval_file", "bval_file"), ("bvec_file", "bvec_file")]
+    wf.connect([
+        (inputnode, mask, dwi_fields),
+        (inputnode, csd, dwi_fields),
+        (mask, csd, [("out_mask", "mask_file")]),
+        (csd, canonical, [("out_fod", "fod_file")]),
+        (mask, canonical, [("out_mask", "mask_file")]),
+        (mask, outputnode, [("out_mask", "mask_file"), ("metadata", "mask_metadata")]),
+        (csd, outputnode, [("out_fod", "fod_file"), ("metadata", "fod_metadata")]),
+        (canonical, outputnode, [("out_fod", "canonical_fod"), ("out_mask", "canonical_mask"),
+                                 ("metadata", "canonical_metadata")]),
+    ])  # fmt: skip
+    if use_given_mask:
+        wf.connect(inputnode, "in_mask", mask, "in_mask")
+    return wf

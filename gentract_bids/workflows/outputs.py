@@ -1,0 +1,57 @@
+"""Derivative sinks: naming comes from ``data/io_spec.json`` through DerivativesDataSink."""
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.bids import CommitDerivatives, DerivativesDataSink
+
+# What the fODF stage writes: outputnode field -> (metadata field, entities). Naming as data.
+FODF_OUTPUTS = {
+    "mask_file": ("mask_metadata", {"space": "dwi", "desc": "brain", "suffix": "mask"}),
+    "fod_file": ("fod_metadata",
+                 {"space": "dwi", "model": "csd", "param": "fod", "suffix": "dwimap"}),
+    "canonical_fod": ("canonical_metadata", {"space": "gentract", "desc": "zscored",
+                                             "model": "csd", "param": "fod", "suffix": "dwimap"}),
+    "canonical_mask": ("canonical_metadata",
+                       {"space": "gentract", "desc": "brain", "suffix": "mask"}),
+}
+
+
+def init_fodf_derivatives_wf(
+    *, staging_dir: str, output_dir: str, provenance: dict, name: str = "fodf_derivatives_wf"
+):
+    """Write the fODF stage's derivatives, then commit them to ``output_dir`` all at once.
+
+    Inputs (``inputnode``): ``source_file`` (the raw DWI) and every field of ``FODF_OUTPUTS`` with
+    its metadata field. Outputs (``outputnode``): ``out_files`` (the committed paths).
+
+    Each sink writes into ``staging_dir`` with ``provenance`` added to its JSON sidecar; the commit
+    node copies them into ``output_dir`` only after all sinks succeeded.
+    """
+    wf = pe.Workflow(name=name)
+    meta_fields = sorted({meta for meta, _ in FODF_OUTPUTS.values()})
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["source_file", *FODF_OUTPUTS, *meta_fields]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+    gather = pe.Node(niu.Merge(2 * len(FODF_OUTPUTS)), name="gather")
+    commit = pe.Node(
+        CommitDerivatives(staging_dir=staging_dir, output_dir=output_dir), name="commit"
+    )
+    for i, (field, (meta, entities)) in enumerate(FODF_OUTPUTS.items()):
+        sink = pe.Node(
+            DerivativesDataSink(base_directory=staging_dir, **entities, **provenance),
+            name=f"ds_{field}",
+            run_without_submitting=True,
+        )
+        wf.connect([
+            (inputnode, sink, [("source_file", "source_file"), (field, "in_file"),
+                               (meta, "meta_dict")]),
+            (sink, gather, [("out_file", f"in{2 * i + 1}"), ("out_meta", f"in{2 * i + 2}")]),
+        ])  # fmt: skip
+    wf.connect([
+        (gather, commit, [("out", "in_files")]),
+        (commit, outputnode, [("out_files", "out_files")]),
+    ])  # fmt: skip
+    return wf
