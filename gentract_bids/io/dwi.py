@@ -81,6 +81,10 @@ def fsl_to_voxel_bvecs(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return out
 
 
+# The flip is its own inverse: writing voxel-frame b-vectors to a BIDS .bvec is the same operation.
+voxel_to_fsl_bvecs = fsl_to_voxel_bvecs
+
+
 def read_dwi(dwi_file, bval_file, bvec_file) -> DWI:
     """Read a DWI series and check it against its gradient table."""
     bvals, bvecs = read_bvals_bvecs(bval_file, bvec_file)
