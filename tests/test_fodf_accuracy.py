@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from gentract_bids.fodf import csd
-
-cohort = pytest.importorskip("gentract_bids.phantom.cohort")
+from gentract_bids.phantom import cohort
 
 
 def _angle_deg(u, v):

@@ -27,16 +27,30 @@ def main(argv=None) -> int:
     os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
     try:
         config = parse_args(argv)
-        logging.basicConfig(
-            level=logging.DEBUG if config.execution.verbosity > 1
-            else logging.INFO if config.execution.verbosity else logging.WARNING,
-            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        )
+        _setup_logging(config.execution.verbosity)
         code = run(config)
     except GenTractError as err:
         print(f"gentract: error: {err}", file=sys.stderr)
         code = err.exit_code
+    except Exception as err:  # a bug, not bad input: one line, the traceback with -v
+        LOG.debug("unexpected error", exc_info=True)
+        print(f"gentract: error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        code = EX_FAILURE
     return code
+
+
+def _setup_logging(verbosity: int) -> None:
+    """gentract logs at WARNING (INFO with -v, DEBUG with -vv); nipype one step quieter."""
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    level = ("WARNING", "INFO", "DEBUG")[min(verbosity, 2)]
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    LOG.setLevel(level)
+    ncfg.set("logging", "workflow_level", ("WARNING", "WARNING", "INFO")[min(verbosity, 2)])
+    ncfg.set("logging", "interface_level", "WARNING")
+    ncfg.set("logging", "utils_level", "WARNING")
+    nlogging.update_logging(ncfg)
 
 
 def _inside(child: Path, parent: Path) -> bool:

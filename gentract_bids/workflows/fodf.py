@@ -48,10 +48,11 @@ def init_fodf_wf(
     if stats_file:
         canonical.inputs.stats_file = stats_file
 
-    dwi_fields = [("dwi_file", "dwi_file"), ("bval_file", "bval_file"), ("bvec_file", "bvec_file")]
+    dwi_fields = ("dwi_file", "bval_file", "bvec_file")
     wf.connect([
-        (inputnode, mask, dwi_fields),
-        (inputnode, csd, dwi_fields),
+        # separate lists: nipype extends an edge's list in place when it is connected again
+        (inputnode, mask, [(f, f) for f in dwi_fields]),
+        (inputnode, csd, [(f, f) for f in dwi_fields]),
         (mask, csd, [("out_mask", "mask_file")]),
         (csd, canonical, [("out_fod", "fod_file")]),
         (mask, canonical, [("out_mask", "mask_file")]),

@@ -41,7 +41,7 @@ def init_fodf_derivatives_wf(
     )
     for i, (field, (meta, entities)) in enumerate(FODF_OUTPUTS.items()):
         sink = pe.Node(
-            DerivativesDataSink(base_directory=staging_dir, **entities, **provenance),
+            DerivativesDataSink(base_directory=staging_dir, compress=True, **entities, **provenance),
             name=f"ds_{field}",
             run_without_submitting=True,
         )
