@@ -7,7 +7,7 @@ Designed configurations (right hemisphere; mirrored on the left):
 - three-way crossing (centrum semiovale) near (26, -5, 30): CC_Body (x) x CST (z) x SLF (y), ~90 deg
 - two-way crossings: AC (x) x CST (z) near (19, -9, -12); AC x IFOF (y) near (31, -9, -10)
 - kissing: ILF touches IFOF near (36, -30, -5) and they diverge again
-- fanning: CST radius grows from 2.5 mm at the brainstem to 6 mm under the cortex; CC_Body fans
+- fanning: CST radius grows from 3.5 mm at the brainstem to 8.5 mm under the cortex; CC_Body fans
   toward the cortex
 Bundle ends lie in the cortex shell (projection fibres: inferior end at the bottom of the brain).
 """
@@ -55,21 +55,21 @@ def _right_bundles() -> list[Bundle]:
     cp = cortex_point
     return [
         Bundle("CST_R", [[10, -18, -60], [20, -10, -15], [26, -5, 30], cp([29, -6, 52])],
-               radius=4.0, radii=[2.5, 3.5, 4.5, 6.0]),
+               radius=5.5, radii=[3.5, 5.0, 6.5, 8.5]),
         Bundle("SLF_R", [cp([28, 50, 30]), [27, 15, 32], [26, -5, 30], [27, -30, 32],
-                         cp([28, -55, 30])], radius=3.5),
+                         cp([28, -55, 30])], radius=5.0),
         Bundle("AF_R", [cp([52, 34, 14]), [40, 20, 16], [38, -5, 22], [42, -32, 20], [49, -45, 0],
-                        cp([55, -22, -24])], radius=3.0),
+                        cp([55, -22, -24])], radius=4.0),
         Bundle("IFOF_R", [cp([30, 62, -2]), [30, 30, -8], [31, 0, -9], [33, -30, -3],
-                          cp([30, -65, 2])], radius=3.0),
+                          cp([30, -65, 2])], radius=4.0),
         Bundle("ILF_R", [cp([45, 25, -35]), [44, 0, -24], [36, -30, -7], [36, -50, -12],
-                         cp([34, -62, -22])], radius=3.0),
+                         cp([34, -62, -22])], radius=4.0),
         Bundle("UF_R", [cp([22, 55, -20]), [28, 32, -18], [35, 16, -20], [41, 20, -30],
-                        cp([42, 40, -35])], radius=2.5),
+                        cp([42, 40, -35])], radius=3.5),
         Bundle("CING_R", [cp([8, 74, -5]), [7, 40, 24], [7, 5, 37], [7, -30, 35], [8, -52, 15],
-                          cp([10, -70, -10])], radius=2.5),
-        Bundle("U_Frontal_R", _u_fibre([42, 25, 35], [0, 1, 0]), radius=2.5),
-        Bundle("U_Parietal_R", _u_fibre([40, -40, 32], [0, 1, 0.3]), radius=2.5),
+                          cp([10, -70, -10])], radius=3.5),
+        Bundle("U_Frontal_R", _u_fibre([42, 25, 35], [0, 1, 0]), radius=3.5),
+        Bundle("U_Parietal_R", _u_fibre([40, -40, 32], [0, 1, 0.3]), radius=3.5),
     ]
 
 
@@ -84,13 +84,13 @@ def template_geometry() -> Geometry:
     cp = cortex_point
     commissural = [
         Bundle("CC_Genu", [cp([-38, 58, 11]), [-16, 38, 10], [0, 31, 10], [16, 38, 10],
-                           cp([38, 58, 11])], radius=3.5),
+                           cp([38, 58, 11])], radius=5.0),
         Bundle("CC_Body", [cp([-50, -5, 38]), [-26, -5, 30], [0, -5, 28], [26, -5, 30],
-                           cp([50, -5, 38])], radius=4.0, radii=[6.0, 4.0, 4.0, 4.0, 6.0]),
+                           cp([50, -5, 38])], radius=5.5, radii=[8.5, 5.5, 5.5, 5.5, 8.5]),
         Bundle("CC_Splenium", [cp([-30, -64, 10]), [-15, -45, 13], [0, -38, 13], [15, -45, 13],
-                               cp([30, -64, 10])], radius=3.5),
+                               cp([30, -64, 10])], radius=5.0),
         Bundle("AC", [cp([-50, -12, -32]), [-30, -9, -12], [0, -9, -8], [30, -9, -12],
-                      cp([50, -12, -32])], radius=2.0),
+                      cp([50, -12, -32])], radius=3.0),
     ]
     right = _right_bundles()
     left = [_mirror(b) for b in right]
