@@ -202,3 +202,30 @@ def test_failed_series_leaves_no_output(fibercup_bids, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert code == 1 and "processing failed" in err
     assert not out.exists()
+
+
+def _with_sessions(root: Path) -> Path:
+    """Move the fixture's sub-01 series into two sessions (A, B)."""
+    src = root / "sub-01" / "dwi"
+    for ses in ("A", "B"):
+        dst = root / "sub-01" / f"ses-{ses}" / "dwi"
+        dst.mkdir(parents=True)
+        for f in src.iterdir():
+            shutil.copyfile(f, dst / f.name.replace("sub-01_", f"sub-01_ses-{ses}_"))
+    shutil.rmtree(src)
+    shutil.rmtree(root / "sub-02")
+    (root / "participants.tsv").write_text("participant_id\nsub-01\n")
+    return root
+
+
+def test_session_label_selects_one_session(fibercup_bids, tmp_path, capsys):
+    bids = _with_sessions(fibercup_bids)
+    out = tmp_path / "out"
+    code = run_cli(bids, out, tmp_path, "--participant-label", "01", "--session-label", "ses-Z")
+    assert_clean_failure(capsys, code, EX_NOTHING_MATCHED, out, ["Z", "not found"])
+    code = run_cli(bids, out, tmp_path, "--participant-label", "01", "--session-label", "B",
+                   skip=False)
+    assert code == 0, capsys.readouterr().err
+    written = sorted(p.name for p in out.rglob("*.nii.gz"))
+    assert written and all(n.startswith("sub-01_ses-B_") for n in written), written
+    assert (out / "sub-01" / "ses-B" / "dwi").is_dir() and not (out / "sub-01" / "ses-A").exists()

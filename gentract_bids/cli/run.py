@@ -142,6 +142,8 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     from ..workflows.base import init_gentract_wf
 
     ex = config.execution
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ex.omp_nthreads)  # inherited by nipype's worker processes
     ncfg.set("execution", "crashdump_dir", str(ex.work_dir / "crash"))
     ncfg.set("execution", "crashfile_format", "txt")
     ncfg.set("execution", "stop_on_first_crash", "false")

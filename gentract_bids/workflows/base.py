@@ -41,6 +41,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         grid_spacing=wcfg.grid_spacing,
         grid_shape=wcfg.grid_shape,
         use_given_mask=item.mask is not None,
+        omp_nthreads=ex.omp_nthreads,
     )
     fodf_wf.inputs.inputnode.dwi_file = item.dwi
     fodf_wf.inputs.inputnode.bval_file = item.bval

@@ -15,6 +15,7 @@ def init_fodf_wf(
     grid_shape: tuple[int, int, int] = (80, 96, 80),
     use_given_mask: bool = False,
     stats_file: str | None = None,
+    omp_nthreads: int = 1,
     name: str = "fodf_wf",
 ):
     """Build the fODF workflow of one DWI series.
@@ -41,7 +42,11 @@ def init_fodf_wf(
         name="outputnode",
     )
     mask = pe.Node(BrainMask(), name="brain_mask")
-    csd = pe.Node(FitCSD(sh_order=sh_order, method=csd_method, shell=csd_shell), name="csd")
+    csd = pe.Node(
+        FitCSD(sh_order=sh_order, method=csd_method, shell=csd_shell),
+        name="csd",
+        n_procs=omp_nthreads,  # MultiProc accounts for the threads CSD's linear algebra uses
+    )
     canonical = pe.Node(
         CanonicalFOD(spacing=grid_spacing, shape=tuple(grid_shape)), name="canonical"
     )
