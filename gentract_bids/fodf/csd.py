@@ -196,7 +196,8 @@ def fit_csd(data, gtab, mask, sh_order=6, method="auto", shell=None, *, lambda_=
     if method not in ("auto", "ssst", "msmt"):
         raise ValueError(f"unknown CSD method {method!r}")
     if method == "msmt":
-        return _fit_msmt(data, gtab, mask, sh_order, t0)
+        rmask = mask if response_mask is None else np.asarray(response_mask, bool)
+        return _fit_msmt(data, gtab, mask, rmask, sh_order, t0)
     if shell is None:
         shell = choose_shell(gtab.bvals)
     shell = float(shell)
@@ -237,12 +238,15 @@ def fit_csd(data, gtab, mask, sh_order=6, method="auto", shell=None, *, lambda_=
     return sh, info
 
 
-def _fit_msmt(data, gtab, mask, sh_order, t0):
+def _fit_msmt(data, gtab, mask, response_mask, sh_order, t0):
+    """dipy's multi-shell multi-tissue CSD (Jeurissen 2014): WM/GM/CSF responses from the data
+    (``mask_for_response_msmt`` on ``response_mask``), then per-voxel quadratic programs (cvxpy).
+    Returns the WM fODF only."""
     try:
         import cvxpy  # noqa: F401
     except ImportError:
         raise RuntimeError(
-            "method='msmt' needs cvxpy (dipy.reconst.mcsd), which gentract does not install; "
+            "method='msmt' needs cvxpy (dipy.reconst.mcsd), which is not installed; "
             "install cvxpy or use method='ssst' (the default on multi-shell data)"
         ) from None
     from dipy.reconst.mcsd import (
@@ -251,21 +255,31 @@ def _fit_msmt(data, gtab, mask, sh_order, t0):
         multi_shell_fiber_response,
         response_from_mask_msmt,
     )
+    from dipy.core.gradients import unique_bvals_tolerance
     from dipy.reconst.shm import convert_sh_from_legacy
 
+    if len(shells(gtab.bvals)) < 2:
+        raise ValueError("multi-shell CSD needs at least two non-zero shells")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wm_m, gm_m, csf_m = mask_for_response_msmt(gtab, data * mask[..., None])
+        wm_m, gm_m, csf_m = mask_for_response_msmt(gtab, data * response_mask[..., None])
         r_wm, r_gm, r_csf = response_from_mask_msmt(gtab, data, wm_m, gm_m, csf_m)
-        resp = multi_shell_fiber_response(sh_order, gtab.bvals, wm_rf=r_wm, gm_rf=r_gm,
-                                          csf_rf=r_csf)
-        fit = MultiShellDeconvModel(gtab, resp, sh_order_max=sh_order).fit(data, mask=mask)
-    coef = convert_sh_from_legacy(fit.shm_coeff, SH_BASIS)  # WM fODF part only
-    sh = np.where(mask[..., None], np.nan_to_num(coef), 0).astype(np.float32)
+        resp = multi_shell_fiber_response(sh_order, unique_bvals_tolerance(gtab.bvals),
+                                          wm_rf=r_wm, gm_rf=r_gm, csf_rf=r_csf)
+        model = MultiShellDeconvModel(gtab, resp, sh_order_max=sh_order)
+    sh = np.zeros(data.shape[:3] + (n_coeffs(sh_order),), np.float32)
+    idx = np.flatnonzero(mask)
+    if idx.size:
+        flat = data.reshape(-1, data.shape[-1])[idx].astype(np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            coef = model.fit(flat[:, None, None, :]).shm_coeff[:, 0, 0]  # WM fODF part only
+        sh.reshape(-1, sh.shape[-1])[idx] = np.nan_to_num(
+            convert_sh_from_legacy(coef, SH_BASIS))
     info = {"method": "msmt", "shells_used": shells(gtab.bvals), "sh_order": int(sh_order),
             "response": {"wm": np.asarray(r_wm).tolist(), "gm": np.asarray(r_gm).tolist(),
                          "csf": np.asarray(r_csf).tolist()},
-            "basis": SH_BASIS, "legacy": LEGACY, "n_voxels": int(mask.sum()),
+            "basis": SH_BASIS, "legacy": LEGACY, "n_voxels": int(idx.size),
             "seconds": round(time.perf_counter() - t0, 3)}
     return sh, info
 
