@@ -325,3 +325,19 @@ def test_tractogram_round_trip(tmp_path, ext):
     assert len(back) == 3 and all(np.allclose(a, b, atol=1e-3) for a, b in zip(sl, back))
     if ext == ".trx":
         assert {k: list(v) for k, v in g.items()} == {"A": [0, 2], "B": [1]}
+
+
+# ----------------------------------------------------------------------------- resolutions
+def test_native_resolutions_agree():
+    """1.25 mm and 3 mm grids hold the same anatomy: same FOV, same white-matter volume (+-10 %)."""
+    from gentract_bids.phantom.cohort import make_subject
+
+    volumes = {}
+    for vs in (1.25, 3.0):
+        s = make_subject(0, seed=0, voxel_size=vs, bvals=(0, 1000), n_dirs=6, n_b0=1, n_sub=2)
+        assert np.allclose(np.abs(np.diag(s.affine)[:3]), vs)
+        extent = np.array(s.dwi.shape[:3]) * vs
+        assert np.all(extent >= [160, 192, 160]) and np.all(extent < [160 + 2 * vs, 192 + 2 * vs,
+                                                                      160 + 2 * vs])
+        volumes[vs] = float(s.wm.sum()) * vs**3
+    assert abs(volumes[1.25] / volumes[3.0] - 1) < 0.10, volumes

@@ -181,6 +181,10 @@ def write_dataset_description(output_dir: Path, *, source: Path | None = None) -
             }
         ],
     }
+    from ..config import container
+
+    if container():
+        desc["GeneratedBy"][0]["Container"] = {"Type": container()}
     if source is not None:
         desc["SourceDatasets"] = [{"URL": f"file://{source}"}]
     path = output_dir / "dataset_description.json"
