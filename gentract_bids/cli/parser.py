@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from .. import __version__
@@ -14,16 +15,16 @@ ANALYSIS_LEVELS = ("participant", "group")
 TRACKERS = ("gentract",)
 
 
-class _Parser(argparse.ArgumentParser):
+class ExitCodeParser(argparse.ArgumentParser):
     """argparse that exits with the BIDS-Apps usage code (64) instead of 2."""
 
     def error(self, message):
-        self.print_usage()
+        self.print_usage(sys.stderr)
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ExitCodeParser(
         prog="gentract",
         description="GenTract-BIDS: generative global tractography of diffusion MRI (BIDS-App).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

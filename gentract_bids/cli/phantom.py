@@ -6,13 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-EX_OK, EX_USAGE, EX_CANTCREAT = 0, 64, 73
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse exits 2; the BIDS-Apps spec says 64 for bad usage
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+from ..errors import EX_CANTCREAT, EX_OK
+from .parser import ExitCodeParser
 
 
 def _bvals(text: str):
@@ -38,7 +33,7 @@ def _positive(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="gentract-phantom", description=__doc__)
+    p = ExitCodeParser(prog="gentract-phantom", description=__doc__)
     p.add_argument("out_dir", type=Path, help="output BIDS dataset directory")
     p.add_argument("--n-subjects", type=_positive(int), default=4)
     p.add_argument("--seed", type=int, default=0)
