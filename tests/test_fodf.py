@@ -7,16 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import angle_deg
 from gentract_bids.fodf import csd, grid
 
 FIBERCUP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "external" / "fibercup"
-
-
-def _angle_deg(u, v):
-    """Angle between axes (sign-free), degrees."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.abs(np.sum(u * v, -1)) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
-    return np.degrees(np.arccos(np.clip(np.nan_to_num(c), 0, 1)))
 
 
 def _sim_gtab(n_dirs=64, b=2000.0, n_b0=6, seed=1):
@@ -94,7 +88,7 @@ def test_csd_simulated_peaks(sim_block, order):
     assert ev[0] > 3 * ev[1]
 
     dirs, vals = csd.peaks_from_sh(sh, mask, npeaks=3)
-    single = _angle_deg(dirs[:, :, 0, 0], _stick(*SINGLE))
+    single = angle_deg(dirs[:, :, 0, 0], _stick(*SINGLE))
     print(f"order {order}: single-fibre peak error median {np.median(single):.2f} deg, "
           f"max {single.max():.2f}")
     assert np.all(single < 10)
@@ -104,7 +98,7 @@ def test_csd_simulated_peaks(sim_block, order):
     v = vals[:, :, 1].reshape(-1, 3)
     found = 0
     for dv, vv in zip(d, v):
-        ok = [np.any((_angle_deg(dv, t[None]) < 15) & (vv > 0)) for t in true]
+        ok = [np.any((angle_deg(dv, t[None]) < 15) & (vv > 0)) for t in true]
         found += all(ok)
     print(f"order {order}: 90-degree crossings resolved {found}/100")
     assert found >= 90

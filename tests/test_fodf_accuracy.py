@@ -17,14 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import angle_deg
 from gentract_bids.fodf import csd
 from gentract_bids.phantom import cohort
-
-
-def _angle_deg(u, v):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.abs(np.sum(u * v, -1)) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
-    return np.degrees(np.arccos(np.clip(np.nan_to_num(c), 0, 1)))
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +29,7 @@ def phantom_fit():
     brain = subj.brain_mask > 0
     single = brain & (wm >= 0.8) & (pf[..., 0] >= 0.9 * wm)
     cross = (brain & (pf[..., 0] >= 0.3) & (pf[..., 1] >= 0.3)
-             & (_angle_deg(pd[..., 0, :], pd[..., 1, :]) >= 60))
+             & (angle_deg(pd[..., 0, :], pd[..., 1, :]) >= 60))
     gtab = csd.make_gtab(subj.bvals, subj.bvecs)
     sh, info = csd.fit_csd(subj.dwi, gtab, single | cross, response_mask=brain)
     dirs, vals = csd.peaks_from_sh(sh, single | cross, npeaks=3)
@@ -49,7 +44,7 @@ def test_auto_uses_b3000_and_a_data_driven_response(phantom_fit):
 
 def test_single_fibre_peaks(phantom_fit):
     subj, single, cross, dirs, vals, info = phantom_fit
-    err = _angle_deg(dirs[single][:, 0], subj.peak_dirs[single][:, 0])
+    err = angle_deg(dirs[single][:, 0], subj.peak_dirs[single][:, 0])
     frac = float(np.mean(err < 10))
     print(f"(a) single-fibre voxels: {single.sum()}, main peak within 10 deg: {100 * frac:.1f} %, "
           f"median error {np.median(err):.2f} deg")
@@ -62,7 +57,7 @@ def test_crossings_resolved(phantom_fit):
     d, v, t = dirs[cross], vals[cross], subj.peak_dirs[cross]
     best = []
     for k in range(2):
-        e = _angle_deg(d, t[:, k][:, None, :])
+        e = angle_deg(d, t[:, k][:, None, :])
         e[v <= 0] = np.inf
         best.append(e)
     ok = (best[0].min(1) < 15) & (best[1].min(1) < 15)

@@ -14,6 +14,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+from helpers import angle_deg
 from gentract_bids.cli.run import main
 from gentract_bids.fodf.csd import peaks_from_sh
 from gentract_bids.phantom.cohort import make_cohort
@@ -29,12 +30,6 @@ def phantom_run(tmp_path_factory):
     code = main([str(bids), str(out), "participant", "-w", str(root / "work"),
                  "--nprocs", "2", "--random-seed", "5"])
     return bids, out, code
-
-
-def _angle_deg(u, v):
-    c = np.abs(np.sum(u * v, -1)) / np.maximum(
-        np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1), 1e-12)
-    return np.degrees(np.arccos(np.clip(c, 0, 1)))
 
 
 @pytest.mark.slow
@@ -60,7 +55,7 @@ def test_fodf_derivatives_for_both_subjects(phantom_run, sub):
     single = (wm >= 0.8) & (pf[..., 0] >= 0.9 * wm)
     assert single.sum() > 200
     dirs, _ = peaks_from_sh(fod_img.get_fdata(dtype=np.float32), single, npeaks=1)
-    err = _angle_deg(dirs[single][:, 0], pd[single][:, 0])
+    err = angle_deg(dirs[single][:, 0], pd[single][:, 0])
     print(f"sub-{sub}: {single.sum()} single-fibre voxels, {100 * np.mean(err < 10):.1f} % "
           f"within 10 deg, median {np.median(err):.1f} deg")
     assert np.mean(err < 10) >= 0.9

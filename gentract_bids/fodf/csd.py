@@ -172,6 +172,24 @@ def estimate_response_ssst(data, gtab, mask, fa_thr=0.7, min_voxels=50):
                       "ratio": float(ratio)}
 
 
+def _fit_in_mask(model, data, mask, sh_order, **fit_kw):
+    """Fit a dipy SH deconvolution model on the voxels of ``mask`` only.
+
+    Returns ``(sh, idx)``: float32 (X, Y, Z, n_coeffs) in the non-legacy basis (dipy's deconvolution
+    models work in the legacy one), zeros outside the mask, and the flat indices fitted."""
+    from dipy.reconst.shm import convert_sh_from_legacy
+
+    sh = np.zeros(data.shape[:3] + (n_coeffs(sh_order),), np.float32)
+    idx = np.flatnonzero(mask)
+    if idx.size:
+        flat = data.reshape(-1, data.shape[-1])[idx].astype(np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            coef = model.fit(flat[:, None, None, :], **fit_kw).shm_coeff[:, 0, 0]
+        sh.reshape(-1, sh.shape[-1])[idx] = np.nan_to_num(convert_sh_from_legacy(coef, SH_BASIS))
+    return sh, idx
+
+
 def fit_csd(data, gtab, mask, sh_order=6, method="auto", shell=None, *, lambda_=1.0, tau=0.1,
             response_mask=None, n_jobs=1):
     """Constrained spherical deconvolution.
@@ -185,7 +203,6 @@ def fit_csd(data, gtab, mask, sh_order=6, method="auto", shell=None, *, lambda_=
     The response is estimated from the voxels of ``response_mask`` (default: ``mask``, which should
     then be a brain mask); ``n_jobs > 1`` uses dipy's joblib engine."""
     from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel
-    from dipy.reconst.shm import convert_sh_from_legacy
 
     t0 = time.perf_counter()
     data = np.asarray(data)
@@ -210,16 +227,8 @@ def fit_csd(data, gtab, mask, sh_order=6, method="auto", shell=None, *, lambda_=
         warnings.simplefilter("ignore")  # "more parameters than data points" for L=8, 32 dirs
         model = ConstrainedSphericalDeconvModel(sgtab, response, sh_order_max=sh_order,
                                                 lambda_=lambda_, tau=tau)
-    sh = np.zeros(data.shape[:3] + (n_coeffs(sh_order),), np.float32)
-    idx = np.flatnonzero(mask)
-    if idx.size:
-        flat = sdata.reshape(-1, sdata.shape[-1])[idx].astype(np.float64)
-        kw = {} if n_jobs == 1 else {"engine": "joblib", "n_jobs": int(n_jobs)}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            coef = model.fit(flat[:, None, None, :], **kw).shm_coeff[:, 0, 0]
-        coef = convert_sh_from_legacy(coef, SH_BASIS)  # dipy's CSD works in the legacy basis
-        sh.reshape(-1, sh.shape[-1])[idx] = np.nan_to_num(coef)
+    kw = {} if n_jobs == 1 else {"engine": "joblib", "n_jobs": int(n_jobs)}
+    sh, idx = _fit_in_mask(model, sdata, mask, sh_order, **kw)
     evals, s0 = response
     info = {
         "method": "ssst",
@@ -256,7 +265,6 @@ def _fit_msmt(data, gtab, mask, response_mask, sh_order, t0):
         response_from_mask_msmt,
     )
     from dipy.core.gradients import unique_bvals_tolerance
-    from dipy.reconst.shm import convert_sh_from_legacy
 
     if len(shells(gtab.bvals)) < 2:
         raise ValueError("multi-shell CSD needs at least two non-zero shells")
@@ -267,15 +275,7 @@ def _fit_msmt(data, gtab, mask, response_mask, sh_order, t0):
         resp = multi_shell_fiber_response(sh_order, unique_bvals_tolerance(gtab.bvals),
                                           wm_rf=r_wm, gm_rf=r_gm, csf_rf=r_csf)
         model = MultiShellDeconvModel(gtab, resp, sh_order_max=sh_order)
-    sh = np.zeros(data.shape[:3] + (n_coeffs(sh_order),), np.float32)
-    idx = np.flatnonzero(mask)
-    if idx.size:
-        flat = data.reshape(-1, data.shape[-1])[idx].astype(np.float64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            coef = model.fit(flat[:, None, None, :]).shm_coeff[:, 0, 0]  # WM fODF part only
-        sh.reshape(-1, sh.shape[-1])[idx] = np.nan_to_num(
-            convert_sh_from_legacy(coef, SH_BASIS))
+    sh, idx = _fit_in_mask(model, data, mask, sh_order)  # WM fODF part only
     info = {"method": "msmt", "shells_used": shells(gtab.bvals), "sh_order": int(sh_order),
             "response": {"wm": np.asarray(r_wm).tolist(), "gm": np.asarray(r_gm).tolist(),
                          "csf": np.asarray(r_csf).tolist()},

@@ -50,22 +50,22 @@ class BrainMask(SimpleInterface):
         from ..fodf.csd import compute_brain_mask, make_gtab
         from ..io.dwi import read_dwi
 
-        dwi = read_dwi(self.inputs.dwi_file, self.inputs.bval_file, self.inputs.bvec_file)
         t0 = time.perf_counter()
-        if self.inputs.in_mask:
-            given = nb.load(self.inputs.in_mask)
-            if given.shape[:3] != dwi.data.shape[:3] or not np.allclose(
-                given.affine, dwi.affine, atol=1e-3
-            ):
+        if self.inputs.in_mask:  # only the DWI's grid is needed: read its header, not its data
+            ref, given = nb.load(self.inputs.dwi_file), nb.load(self.inputs.in_mask)
+            affine = ref.affine
+            if given.shape[:3] != ref.shape[:3] or not np.allclose(given.affine, affine, atol=1e-3):
                 raise ValueError(
                     f"brain mask {self.inputs.in_mask} does not lie on the DWI grid"
                 )
             mask = np.asanyarray(given.dataobj) > 0
             source = f"given: {Path(self.inputs.in_mask).name}"
         else:
+            dwi = read_dwi(self.inputs.dwi_file, self.inputs.bval_file, self.inputs.bvec_file)
+            affine = dwi.affine
             mask = compute_brain_mask(dwi.data, make_gtab(dwi.bvals, dwi.bvecs))
             source = "dipy median_otsu on the mean b=0 image"
-        self._results["out_mask"] = _save(mask, dwi.affine, "brain_mask.nii.gz", np.uint8)
+        self._results["out_mask"] = _save(mask, affine, "brain_mask.nii.gz", np.uint8)
         self._results["metadata"] = {
             "Type": "Brain",
             "Source": source,

@@ -33,12 +33,16 @@ def build_path(entities: dict) -> str:
     return path
 
 
-def validate_bids(bids_dir: Path) -> None:
-    """Run the BIDS validator (bids-validator-deno); raise :class:`BIDSValidationFailed`."""
+def _require_description(bids_dir: Path) -> None:
     if not (bids_dir / "dataset_description.json").is_file():
         raise BIDSValidationFailed(
             f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json"
         )
+
+
+def validate_bids(bids_dir: Path) -> None:
+    """Run the BIDS validator (bids-validator-deno); raise :class:`BIDSValidationFailed`."""
+    _require_description(bids_dir)
     beside = Path(sys.executable).parent / "bids-validator-deno"
     exe = str(beside) if beside.is_file() else shutil.which("bids-validator-deno")
     if exe is None:
@@ -67,10 +71,7 @@ def load_layout(bids_dir: Path):
     from bids import BIDSLayout
     from bids.exceptions import BIDSValidationError
 
-    if not (bids_dir / "dataset_description.json").is_file():
-        raise BIDSValidationFailed(
-            f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json"
-        )
+    _require_description(bids_dir)
     derivatives = [
         p.parent for p in sorted((bids_dir / "derivatives").glob("*/dataset_description.json"))
     ]

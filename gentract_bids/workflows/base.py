@@ -7,7 +7,7 @@ from nipype.pipeline import engine as pe
 from ..config import Config
 from ..io.bids import DWIInput
 from .fodf import init_fodf_wf
-from .outputs import FODF_OUTPUTS, init_fodf_derivatives_wf
+from .outputs import FODF_FIELDS, init_fodf_derivatives_wf
 
 
 def series_id(item: DWIInput) -> str:
@@ -56,6 +56,5 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         provenance=config.provenance(device),
     )
     ds_wf.inputs.inputnode.source_file = item.dwi
-    fields = [*FODF_OUTPUTS, *sorted({meta for meta, _ in FODF_OUTPUTS.values()})]
-    wf.connect([(fodf_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields])])
+    wf.connect([(fodf_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in FODF_FIELDS])])
     return wf

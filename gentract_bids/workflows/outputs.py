@@ -15,6 +15,8 @@ FODF_OUTPUTS = {
     "canonical_mask": ("canonical_metadata",
                        {"space": "gentract", "desc": "brain", "suffix": "mask"}),
 }
+# every field the fODF stage hands to the sinks: images first, then their metadata dicts
+FODF_FIELDS = (*FODF_OUTPUTS, *sorted({meta for meta, _ in FODF_OUTPUTS.values()}))
 
 
 def init_fodf_derivatives_wf(
@@ -29,9 +31,8 @@ def init_fodf_derivatives_wf(
     node copies them into ``output_dir`` only after all sinks succeeded.
     """
     wf = pe.Workflow(name=name)
-    meta_fields = sorted({meta for meta, _ in FODF_OUTPUTS.values()})
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["source_file", *FODF_OUTPUTS, *meta_fields]),
+        niu.IdentityInterface(fields=["source_file", *FODF_FIELDS]),
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
