@@ -40,7 +40,20 @@ class Workflow:
     csd_shell: float | None = None  # b-value for single-shell CSD on multi-shell data
     grid_spacing: float = 1.875
     grid_shape: tuple[int, int, int] = (80, 96, 80)
-    trackers: list[str] = field(default_factory=lambda: ["gentract"])
+    trackers: list[str] = field(default_factory=list)  # baselines: ifod2, sdstream, ...
+    n_streamlines: int = 100_000
+    sift_factor: float = 10.0  # iFOD2/SD_Stream: generate factor x n, then tcksift to n
+    output_format: str = "trx"  # trx | tck | trk
+
+
+@dataclass
+class Evaluation:
+    mode: str = "auto"  # auto | sanity | groundtruth | atlas | none
+    truth_dir: Path | None = None  # phantom ground truth (default: derivatives/phantom-truth)
+    waypoint_atlas: Path | None = None
+    recobundles_models: Path | None = None
+    bundleseg_atlas: Path | None = None
+    min_bundle_streamlines: int = 10
 
 
 @dataclass
@@ -68,6 +81,7 @@ class Seeds:
 class Config:
     execution: Execution = field(default_factory=Execution)
     workflow: Workflow = field(default_factory=Workflow)
+    evaluation: Evaluation = field(default_factory=Evaluation)
     model: Model = field(default_factory=Model)
     seeds: Seeds = field(default_factory=Seeds)
 

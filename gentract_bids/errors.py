@@ -44,3 +44,9 @@ class NoInputError(GenTractError):
 
 class CannotCreateOutput(GenTractError):
     exit_code = EX_CANTCREAT
+
+
+class CheckpointError(BadDataError):
+    """A model checkpoint is missing, corrupt, tampered with or does not match its config."""
+
+    exit_code = EX_DATAERR

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import Config, Execution, Model, Seeds, Workflow
+from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 
 ANALYSIS_LEVELS = ("participant", "group")
-TRACKERS = ("gentract",)
+# the trackers a run can use (GenTract's own sampling arrives with the inference workflow)
+TRACKERS = ("ifod2", "sdstream", "tckglobal", "dipy-det", "dipy-prob")
+EVAL_MODES = ("auto", "sanity", "groundtruth", "atlas", "none")
 
 
 class ExitCodeParser(argparse.ArgumentParser):
@@ -62,6 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSD flavour; auto: single-shell CSD on one shell (see --csd-shell)")
     g.add_argument("--csd-shell", type=float, default=None,
                    help="b-value of the shell used by single-shell CSD on multi-shell data")
+    g = p.add_argument_group("tractography")
+    g.add_argument("--tracker", nargs="+", choices=TRACKERS, default=[], metavar="TRACKER",
+                   help=f"baseline trackers to run, several allowed: {', '.join(TRACKERS)} "
+                        "(MRtrix3 iFOD2 / SD_Stream + SIFT, tckglobal, dipy local tracking)")
+    g.add_argument("--n-streamlines", type=int, default=100_000,
+                   help="streamlines per tractogram (the SIFT target for iFOD2/SD_Stream)")
+    g.add_argument("--sift-factor", type=float, default=10.0,
+                   help="iFOD2/SD_Stream generate this many times --n-streamlines before tcksift")
+    g.add_argument("--output-format", choices=("trx", "tck", "trk"), default="trx",
+                   help="file format of the whole-brain tractograms")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval", dest="eval_mode", choices=EVAL_MODES, default="auto",
+                   help="auto: ground truth when the dataset has phantom-truth derivatives, atlas "
+                        "recognition when an atlas is given, else sanity metrics only")
+    g.add_argument("--truth-dir", type=Path, default=None,
+                   help="ground-truth derivatives (default: BIDS_DIR/derivatives/phantom-truth)")
+    g.add_argument("--waypoint-atlas", type=Path, default=None,
+                   help="waypoints.json: per-bundle include/exclude/start/end ROIs in subject space")
+    g.add_argument("--recobundles-models", type=Path, default=None,
+                   help="folder of model bundles (one .trk/.tck/.trx per bundle) for RecoBundles")
+    g.add_argument("--bundleseg-atlas", type=Path, default=None,
+                   help="BundleSeg atlas folder (needs scilpy's scripts on PATH)")
+    g.add_argument("--min-bundle-streamlines", type=int, default=10,
+                   help="a bundle counts as found with at least this many streamlines")
     return p
 
 
@@ -76,6 +102,16 @@ def parse_args(argv=None) -> Config:
         raise UsageError(f"--sh-order must be a positive even number, got {opts.sh_order}")
     if opts.nprocs < 1 or opts.omp_nthreads < 1:
         raise UsageError("--nprocs and --omp-nthreads must be at least 1")
+    if opts.n_streamlines < 1 or opts.sift_factor < 1:
+        raise UsageError("--n-streamlines must be positive and --sift-factor at least 1")
+    for flag in ("waypoint_atlas", "recobundles_models", "bundleseg_atlas", "truth_dir"):
+        path = getattr(opts, flag)
+        if path is not None and not path.exists():
+            raise UsageError(f"--{flag.replace('_', '-')} {path}: no such file or directory")
+    atlases = [opts.waypoint_atlas, opts.recobundles_models, opts.bundleseg_atlas]
+    if opts.eval_mode == "atlas" and not any(atlases):
+        raise UsageError("--eval atlas needs --waypoint-atlas, --recobundles-models or "
+                         "--bundleseg-atlas")
     bids_dir = opts.bids_dir.resolve()
     output_dir = opts.output_dir.resolve()
     work_dir = (opts.work_dir or Path.cwd() / "work").resolve()
@@ -94,7 +130,18 @@ def parse_args(argv=None) -> Config:
             verbosity=opts.verbose,
         ),
         workflow=Workflow(sh_order=opts.sh_order, csd_method=opts.csd_method,
-                          csd_shell=opts.csd_shell),
+                          csd_shell=opts.csd_shell, trackers=list(dict.fromkeys(opts.tracker)),
+                          n_streamlines=opts.n_streamlines, sift_factor=opts.sift_factor,
+                          output_format=opts.output_format),
+        evaluation=Evaluation(
+            mode=opts.eval_mode,
+            truth_dir=opts.truth_dir.resolve() if opts.truth_dir else None,
+            waypoint_atlas=opts.waypoint_atlas.resolve() if opts.waypoint_atlas else None,
+            recobundles_models=(opts.recobundles_models.resolve()
+                                if opts.recobundles_models else None),
+            bundleseg_atlas=opts.bundleseg_atlas.resolve() if opts.bundleseg_atlas else None,
+            min_bundle_streamlines=opts.min_bundle_streamlines,
+        ),
         model=Model(),
         seeds=Seeds(master=opts.random_seed),
     )

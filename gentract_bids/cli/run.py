@@ -131,8 +131,11 @@ def run(config: Config) -> int:
         ex.output_dir.rmdir()
     if not ok:
         return EX_FAILURE
-    print(f"gentract: fODF derivatives of {len(inputs)} DWI series written to {ex.output_dir}")
-    print("gentract: next stage (GenTract sampling and evaluation) is not part of this release yet")
+    trackers = config.workflow.trackers
+    print(f"gentract: derivatives of {len(inputs)} DWI series written to {ex.output_dir}"
+          + (f" (trackers: {', '.join(trackers)})" if trackers else " (fODF only)"))
+    if not trackers:
+        print("gentract: no --tracker given; GenTract's own sampling is not part of this release yet")
     return EX_OK
 
 

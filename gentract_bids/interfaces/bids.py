@@ -12,6 +12,8 @@ from nipype.interfaces.base import (
     OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
+    traits,
 )
 from niworkflows.interfaces.bids import DerivativesDataSink as _DDS
 
@@ -60,4 +62,71 @@ class CommitDerivatives(SimpleInterface):
             os.replace(tmp, dest)
             out_files.append(str(dest))
         self._results["out_files"] = out_files
+        return runtime
+
+
+
+def stage_file(src, entities: dict, staging_dir, sidecar: dict | None = None) -> list[str]:
+    """Copy ``src`` into ``staging_dir`` under the io_spec name of ``entities`` (+ JSON sidecar)."""
+    import json
+
+    from ..io.bids import build_path
+
+    src = str(src)
+    ext = ".nii.gz" if src.endswith(".nii.gz") else Path(src).suffix
+    dest = Path(staging_dir) / build_path({**entities, "extension": ext})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dest)
+    out = [str(dest)]
+    if sidecar is not None:
+        side = dest.with_name(dest.name[: -len(ext)] + ".json")
+        side.write_text(json.dumps(sidecar, indent=2, default=str))
+        out.append(str(side))
+    return out
+
+
+class _StageTractographyInputSpec(BaseInterfaceInputSpec):
+    staging_dir = Directory(mandatory=True)
+    base_entities = traits.Dict(mandatory=True, desc="subject, session, acquisition, run")
+    model = traits.Str(mandatory=True, desc="model entity of the tracker (ifod2, ...)")
+    provenance = traits.Dict(mandatory=True, desc="added to every sidecar")
+    tractogram = File(exists=True, mandatory=True)
+    tractogram_metadata = traits.Dict(mandatory=True)
+    eval_metadata = traits.Dict(mandatory=True)
+    metrics_file = File(exists=True, mandatory=True)
+    bundlestats_file = File(exists=True, mandatory=True)
+    bundle_files = InputMultiObject(File(exists=True))
+    bundle_labels = traits.List(traits.Str)
+    bundle_names = traits.List(traits.Str)
+    figures = InputMultiObject(File(exists=True))
+    figure_descs = traits.List(traits.Str)
+
+
+class StageTractography(SimpleInterface):
+    """Name one tracker's outputs by ``io_spec.json`` and stage them (commit comes later):
+    whole-brain tractogram + sidecar, metrics JSON, bundle table, per-bundle tractograms, figures."""
+
+    input_spec = _StageTractographyInputSpec
+    output_spec = _CommitOutputSpec
+
+    def _run_interface(self, runtime):
+        i = self.inputs
+        base = {**i.base_entities, "model": i.model}
+        dwi = {**base, "space": "dwi"}
+        staging = i.staging_dir
+        out = stage_file(i.tractogram, {**dwi, "suffix": "streamlines"}, staging,
+                         {**i.tractogram_metadata, "Evaluation": i.eval_metadata, **i.provenance})
+        out += stage_file(i.metrics_file, {**dwi, "desc": "eval", "suffix": "metrics"}, staging)
+        out += stage_file(i.bundlestats_file, {**dwi, "suffix": "bundlestats"}, staging)
+        files = i.bundle_files if isdefined(i.bundle_files) else []
+        for path, label, name in zip(files, i.bundle_labels, i.bundle_names):
+            out += stage_file(path, {**dwi, "bundle": label, "suffix": "streamlines"}, staging,
+                              {"BundleName": name, "Description": "valid/recognised streamlines",
+                               **i.provenance})
+        figs = i.figures if isdefined(i.figures) else []
+        for path, desc in zip(figs, i.figure_descs):
+            suffix = {"f1": "bundlestats", "bundles": "bundles"}.get(desc, "streamlines")
+            out += stage_file(path, {**base, "datatype": "figures", "desc": desc,
+                                     "suffix": suffix}, staging)
+        self._results["out_files"] = out
         return runtime

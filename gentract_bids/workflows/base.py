@@ -2,19 +2,24 @@
 
 from pathlib import Path
 
+from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..config import Config
+from ..interfaces.bids import CommitDerivatives
 from ..io.bids import DWIInput
+from .evaluation import EVAL_FIELDS, init_evaluation_wf
 from .fodf import init_fodf_wf
-from .outputs import FODF_FIELDS, init_fodf_derivatives_wf
+from .outputs import FODF_FIELDS, init_fodf_derivatives_wf, init_tractography_derivatives_wf
+from .tractography import TRACKERS, init_baseline_tracking_wf
+
+SERIES_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
 
 
 def series_id(item: DWIInput) -> str:
     """A workflow-safe name for one DWI series, from its BIDS entities."""
-    keys = ("subject", "session", "acquisition", "run")
-    prefix = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
-    return "_".join(f"{prefix[k]}_{item.entities[k]}" for k in keys if k in item.entities)
+    return "_".join(f"{p}_{item.entities[k]}" for k, p in SERIES_ENTITIES.items()
+                    if k in item.entities)
 
 
 def init_gentract_wf(config: Config, inputs: list[DWIInput], device: str):
@@ -25,14 +30,40 @@ def init_gentract_wf(config: Config, inputs: list[DWIInput], device: str):
     return wf
 
 
+def truth_dir(config: Config) -> Path:
+    """Where phantom ground truth is looked for (``--truth-dir`` or derivatives/phantom-truth)."""
+    ev = config.evaluation
+    return Path(ev.truth_dir or Path(config.execution.bids_dir) / "derivatives" / "phantom-truth")
+
+
+def _tissue_maps(tdir: Path, subject: str) -> dict | None:
+    """The phantom truth's WM/GM/CSF probseg maps of ``subject`` (None when absent)."""
+    found = {t: sorted(tdir.glob(f"sub-{subject}/**/*_label-{t.upper()}_probseg.nii*"))
+             for t in ("wm", "gm", "csf")}
+    if not all(found.values()):
+        return None
+    return {f"{t}_pve_file": str(paths[0]) for t, paths in found.items()}
+
+
+def evaluation_mode(config: Config, subject: str) -> str:
+    from ..evaluation.evaluate import resolve_mode, truth_available
+
+    ev = config.evaluation
+    has_atlas = any((ev.waypoint_atlas, ev.recobundles_models, ev.bundleseg_atlas))
+    mode = resolve_mode(ev.mode, has_truth=truth_available(truth_dir(config), subject),
+                        has_atlas=has_atlas)
+    return mode
+
+
 def init_single_series_wf(config: Config, item: DWIInput, device: str):
-    """fODF stage and derivatives of one DWI series.
+    """fODF stage, trackers, evaluation and derivatives of one DWI series.
 
     Inputs are fixed at build time from ``item`` (files found by pybids); outputs are the committed
-    derivatives in ``config.execution.output_dir``.
+    derivatives in ``config.execution.output_dir``: every file of the series is staged first and
+    copied into the output only when all of them exist.
     """
     name = series_id(item)
-    ex, wcfg = config.execution, config.workflow
+    ex, wcfg, ev = config.execution, config.workflow, config.evaluation
     wf = pe.Workflow(name=f"{name}_wf")
     fodf_wf = init_fodf_wf(
         sh_order=wcfg.sh_order,
@@ -49,12 +80,59 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     if item.mask:
         fodf_wf.inputs.inputnode.in_mask = item.mask
 
-    staging = Path(ex.work_dir) / "staging" / name
-    ds_wf = init_fodf_derivatives_wf(
-        staging_dir=str(staging),
-        output_dir=str(ex.output_dir),
-        provenance=config.provenance(device),
-    )
+    staging = str(Path(ex.work_dir) / "staging" / name)
+    provenance = config.provenance(device)
+    ds_wf = init_fodf_derivatives_wf(staging_dir=staging, provenance=provenance)
     ds_wf.inputs.inputnode.source_file = item.dwi
     wf.connect([(fodf_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in FODF_FIELDS])])
+
+    trackers = wcfg.trackers
+    gather = pe.Node(niu.Merge(1 + len(trackers)), name="gather")
+    commit = pe.Node(CommitDerivatives(staging_dir=staging, output_dir=str(ex.output_dir)),
+                     name="commit")
+    wf.connect([
+        (ds_wf, gather, [("outputnode.out_files", "in1")]),
+        (gather, commit, [("out", "in_files")]),
+    ])  # fmt: skip
+    if not trackers:
+        return wf
+
+    mode = evaluation_mode(config, item.subject)
+    tdir = truth_dir(config)
+    tissue = _tissue_maps(tdir, item.subject)
+    base_entities = {k: item.entities[k] for k in SERIES_ENTITIES if k in item.entities}
+    for k, tracker in enumerate(trackers, start=2):
+        model = TRACKERS[tracker][0]
+        track_wf = init_baseline_tracking_wf(
+            tracker=tracker, n_streamlines=wcfg.n_streamlines, sift_factor=wcfg.sift_factor,
+            seed=config.seeds.numpy % (2**31), omp_nthreads=ex.omp_nthreads,
+            use_tissue_maps=tissue is not None, output_format=wcfg.output_format,
+        )
+        for field, value in {"dwi_file": item.dwi, "bval_file": item.bval,
+                             "bvec_file": item.bvec, **(tissue or {})}.items():
+            setattr(track_wf.inputs.inputnode, field, value)
+        eval_wf = init_evaluation_wf(
+            mode=mode, subject=item.subject, truth_dir=str(tdir),
+            waypoint_atlas=_str(ev.waypoint_atlas), recobundles_models=_str(ev.recobundles_models),
+            bundleseg_atlas=_str(ev.bundleseg_atlas), min_streamlines=ev.min_bundle_streamlines,
+            seed=config.seeds.numpy % (2**31), title=f"sub-{item.subject} {tracker}",
+            name=f"eval_{model}_wf",
+        )
+        out_wf = init_tractography_derivatives_wf(
+            model=model, staging_dir=staging, provenance=provenance, base_entities=base_entities)
+        wf.connect([
+            (fodf_wf, track_wf, [("outputnode.mask_file", "inputnode.mask_file"),
+                                 ("outputnode.fod_file", "inputnode.fod_file")]),
+            (fodf_wf, eval_wf, [("outputnode.mask_file", "inputnode.reference"),
+                                ("outputnode.mask_file", "inputnode.mask_file")]),
+            (track_wf, eval_wf, [("outputnode.tractogram", "inputnode.tractogram")]),
+            (track_wf, out_wf, [("outputnode.tractogram", "inputnode.tractogram"),
+                                ("outputnode.metadata", "inputnode.tractogram_metadata")]),
+            (eval_wf, out_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in EVAL_FIELDS]),
+            (out_wf, gather, [("outputnode.out_files", f"in{k}")]),
+        ])  # fmt: skip
     return wf
+
+
+def _str(path) -> str | None:
+    return str(path) if path else None

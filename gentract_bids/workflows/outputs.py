@@ -3,7 +3,7 @@
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..interfaces.bids import CommitDerivatives, DerivativesDataSink
+from ..interfaces.bids import DerivativesDataSink, StageTractography
 
 # What the fODF stage writes: outputnode field -> (metadata field, entities). Naming as data.
 FODF_OUTPUTS = {
@@ -19,16 +19,14 @@ FODF_OUTPUTS = {
 FODF_FIELDS = (*FODF_OUTPUTS, *sorted({meta for meta, _ in FODF_OUTPUTS.values()}))
 
 
-def init_fodf_derivatives_wf(
-    *, staging_dir: str, output_dir: str, provenance: dict, name: str = "fodf_derivatives_wf"
-):
-    """Write the fODF stage's derivatives, then commit them to ``output_dir`` all at once.
+def init_fodf_derivatives_wf(*, staging_dir: str, provenance: dict,
+                             name: str = "fodf_derivatives_wf"):
+    """Write the fODF stage's derivatives into ``staging_dir`` (committed later, all at once).
 
     Inputs (``inputnode``): ``source_file`` (the raw DWI) and every field of ``FODF_OUTPUTS`` with
-    its metadata field. Outputs (``outputnode``): ``out_files`` (the committed paths).
+    its metadata field. Outputs (``outputnode``): ``out_files`` (staged images and sidecars).
 
-    Each sink writes into ``staging_dir`` with ``provenance`` added to its JSON sidecar; the commit
-    node copies them into ``output_dir`` only after all sinks succeeded.
+    Each sink adds ``provenance`` to its JSON sidecar.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -37,9 +35,6 @@ def init_fodf_derivatives_wf(
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     gather = pe.Node(niu.Merge(2 * len(FODF_OUTPUTS)), name="gather")
-    commit = pe.Node(
-        CommitDerivatives(staging_dir=staging_dir, output_dir=output_dir), name="commit"
-    )
     for i, (field, (meta, entities)) in enumerate(FODF_OUTPUTS.items()):
         sink = pe.Node(
             DerivativesDataSink(base_directory=staging_dir, compress=True, **entities, **provenance),
@@ -51,8 +46,34 @@ def init_fodf_derivatives_wf(
                                (meta, "meta_dict")]),
             (sink, gather, [("out_file", f"in{2 * i + 1}"), ("out_meta", f"in{2 * i + 2}")]),
         ])  # fmt: skip
+    wf.connect([(gather, outputnode, [("out", "out_files")])])
+    return wf
+
+
+def init_tractography_derivatives_wf(*, model: str, staging_dir: str, provenance: dict,
+                                     base_entities: dict, name: str | None = None):
+    """Stage one tracker's outputs, named by ``io_spec.json`` with ``model-<model>``.
+
+    Inputs (``inputnode``): ``tractogram``, ``tractogram_metadata`` and the evaluation fields
+    (:data:`~gentract_bids.workflows.evaluation.EVAL_FIELDS`). Outputs: ``out_files``.
+    """
+    from .evaluation import EVAL_FIELDS
+
+    wf = pe.Workflow(name=name or f"{model}_derivatives_wf")
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["tractogram", "tractogram_metadata", *EVAL_FIELDS]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+    stage = pe.Node(
+        StageTractography(staging_dir=staging_dir, base_entities=base_entities, model=model,
+                          provenance=provenance),
+        name="stage", run_without_submitting=True,
+    )
+    eval_links = [(f, f) for f in EVAL_FIELDS if f != "metadata"] + [("metadata", "eval_metadata")]
     wf.connect([
-        (gather, commit, [("out", "in_files")]),
-        (commit, outputnode, [("out_files", "out_files")]),
+        (inputnode, stage, [("tractogram", "tractogram"),
+                            ("tractogram_metadata", "tractogram_metadata"), *eval_links]),
+        (stage, outputnode, [("out_files", "out_files")]),
     ])  # fmt: skip
     return wf

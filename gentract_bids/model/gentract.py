@@ -1,0 +1,251 @@
+"""The assembled GenTract model: per-coefficient VAEs -> E^c -> context z -> streamline generator.
+
+Usage::
+
+    model = GenTract(GenTractConfig())
+    z = model.encode_context(sh)                  # (m, X, Y, Z) z-scored SH volume -> (1, T, m·C_c)
+    unit = model.sample(z, 10_000, generator=g)   # (N, p, 3) in [-1, 1]
+    mm = CoordinateScaler(lo, hi).to_mm(unit)     # back to RAS+ millimetres
+
+Streamline coordinates inside the model are min–max scaled to [-1, 1] per axis with training-set
+bounds (:class:`CoordinateScaler`); the SH volume is on the canonical grid and z-scored by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..fodf.csd import n_coeffs as _n_coeffs
+from .diffusion import DiffusionObjective
+from .encoder import ConditionedEncoder, EncoderConfig
+from .flow import METHODS, FlowMatchingObjective
+from .transformer import ContextCache, StreamlineTransformer, TransformerConfig
+from .vae import CoefficientVAEs, VAEConfig
+
+OBJECTIVES = ("diffusion", "flow")
+SAMPLERS = {"diffusion": "ddim", "flow": "flow"}
+
+
+@dataclass
+class GenTractConfig:
+    sh_order: int = 6
+    n_coeffs: int = 28
+    grid_shape: tuple[int, int, int] = (80, 96, 80)
+    grid_spacing: float = 1.875
+    objective: str = "diffusion"  # diffusion | flow
+    steps: int = 10  # default sampling steps
+    flow_method: str = "euler"  # euler | midpoint (flow objective)
+    clip_sample: bool = True  # diffusion: clamp the predicted x0 to [-1, 1] while sampling
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+
+    def __post_init__(self) -> None:
+        self.grid_shape = tuple(int(s) for s in self.grid_shape)
+        if self.n_coeffs != _n_coeffs(self.sh_order):
+            raise ValueError(f"sh_order {self.sh_order} has {_n_coeffs(self.sh_order)} "
+                             f"coefficients, not {self.n_coeffs}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.flow_method not in METHODS:
+            raise ValueError(f"flow_method must be one of {METHODS}, got {self.flow_method!r}")
+
+    @property
+    def n_points(self) -> int:
+        return self.transformer.n_points
+
+    def to_dict(self) -> dict:
+        """Nested, JSON-able (tuples become lists)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else (list(v) if isinstance(v, tuple) else v)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenTractConfig":
+        """Inverse of :meth:`to_dict`; ``n_coeffs`` defaults to the size of the ``sh_order`` basis."""
+        d = dict(d)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        if "n_coeffs" not in d:
+            d["n_coeffs"] = _n_coeffs(int(d.get("sh_order", 6)))
+        d["vae"] = VAEConfig.from_dict(d.get("vae", {}))
+        d["encoder"] = EncoderConfig.from_dict(d.get("encoder", {}))
+        d["transformer"] = TransformerConfig.from_dict(d.get("transformer", {}))
+        return cls(**d)
+
+
+class GenTract(nn.Module):
+    """VAEs (frozen after stage 1) + E^c + conditional transformer + generative objective."""
+
+    def __init__(self, config: GenTractConfig | None = None):
+        super().__init__()
+        cfg = config or GenTractConfig()
+        self.config = cfg
+        m = cfg.n_coeffs
+        self.vaes = CoefficientVAEs(m, cfg.vae)
+        self.encoder = ConditionedEncoder(m, cfg.vae.latent_channels, cfg.encoder)
+        self.transformer = StreamlineTransformer(cfg.transformer, self.encoder.out_features)
+        if cfg.objective == "diffusion":
+            self.objective = DiffusionObjective(clip_sample=cfg.clip_sample)
+        else:
+            self.objective = FlowMatchingObjective(cfg.flow_method)
+        self.context_grid_shape = self.token_grid(cfg.grid_shape)
+
+    # -- context -------------------------------------------------------------------------------
+    def token_grid(self, volume_shape: Sequence[int]) -> tuple[int, int, int]:
+        """Token grid of the context for an SH volume of spatial shape ``volume_shape``."""
+        return self.encoder.grid_shape(self.vaes.latent_shape(tuple(volume_shape)))
+
+    @property
+    def context_grid_shape(self) -> tuple[int, int, int]:
+        return self.transformer.grid_shape
+
+    @context_grid_shape.setter
+    def context_grid_shape(self, shape) -> None:
+        self.transformer.grid_shape = tuple(int(s) for s in shape)
+
+    def encode_context(self, sh_volume: Tensor) -> Tensor:
+        """z-scored SH volume (m, X, Y, Z) or (B, m, X, Y, Z) -> context (B, T, m·C_c).
+
+        VAE posterior means -> E^c; the token grid is kept on the module (positional encoding)."""
+        if sh_volume.ndim == 4:
+            sh_volume = sh_volume[None]
+        return self.context_from_latents(self.vaes.encode(sh_volume))
+
+    def context_from_latents(self, latents: Tensor) -> Tensor:
+        """VAE latents (m, C_z, x, y, z) or (B, m, C_z, x, y, z) -> context (B, T, m·C_c)."""
+        if latents.ndim == 5:
+            latents = latents[None]
+        self.context_grid_shape = self.encoder.grid_shape(tuple(latents.shape[-3:]))
+        return self.encoder(latents)
+
+    def model_fn(self, context: "Tensor | ContextCache"):
+        """The closure ``(x_t, t) -> prediction`` the objectives call."""
+        grid = self.context_grid_shape
+
+        def fn(x_t: Tensor, t: Tensor) -> Tensor:
+            return self.transformer(x_t, t, context, grid_shape=grid)
+
+        return fn
+
+    # -- training ------------------------------------------------------------------------------
+    def generator_loss(self, context: Tensor, x1_batch: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Objective loss of streamlines ``x1_batch`` (B, p, 3) in [-1, 1] given a context of
+        batch 1 (broadcast to B) or B. Gradients flow into E^c through ``context``."""
+        if context.shape[0] not in (1, x1_batch.shape[0]):
+            raise ValueError(f"context batch {context.shape[0]} vs streamline batch {x1_batch.shape[0]}")
+        return self.objective.loss(self.model_fn(context), x1_batch, generator=generator)
+
+    # -- sampling ------------------------------------------------------------------------------
+    def _resolve_sampler(self, sampler: str | None) -> str:
+        expected = SAMPLERS[self.config.objective]
+        if sampler is None:
+            return expected
+        if sampler != expected:
+            raise ValueError(f"sampler {sampler!r} does not fit a model trained with the "
+                             f"{self.config.objective} objective (use {expected!r})")
+        return sampler
+
+    @torch.inference_mode()
+    def sample_batches(self, context: Tensor, n_streamlines: int, steps: int | None = None,
+                       batch_size: int = 4096, generator: torch.Generator | None = None,
+                       sampler: str | None = None, flow_method: str | None = None,
+                       n_points: int | None = None) -> Iterator[Tensor]:
+        """Yield batches (b, p, 3) of streamlines in [-1, 1] until ``n_streamlines`` are made.
+
+        The context cache (projected context + every layer's K/V) is built once. The module is in
+        eval mode (no dropout) while sampling and goes back to its previous mode afterwards."""
+        self._resolve_sampler(sampler)
+        steps = int(steps or self.config.steps)
+        p = int(n_points or self.config.n_points)
+        was_training = self.training
+        self.eval()
+        try:
+            if context.ndim == 2:
+                context = context[None]
+            cache = self.transformer.precompute_context(context, self.context_grid_shape)
+            fn = self.model_fn(cache)
+            device = context.device
+            done = 0
+            while done < n_streamlines:
+                b = min(batch_size, n_streamlines - done)
+                if cache.batch not in (1, b):
+                    raise ValueError("sampling needs a context of batch 1")
+                shape = (b, p, 3)
+                if self.config.objective == "diffusion":
+                    out = self.objective.sample(fn, shape, steps=steps, generator=generator,
+                                                device=device)
+                else:
+                    out = self.objective.sample(fn, shape, steps=steps, method=flow_method,
+                                                generator=generator, device=device)
+                done += b
+                yield out
+        finally:
+            self.train(was_training)
+
+    @torch.inference_mode()
+    def sample(self, context: Tensor, n_streamlines: int, steps: int | None = None,
+               batch_size: int = 4096, generator: torch.Generator | None = None,
+               sampler: str | None = None, flow_method: str | None = None) -> Tensor:
+        """(N, p, 3) streamlines in normalised [-1, 1] coordinates (see :meth:`sample_batches`)."""
+        batches = list(self.sample_batches(context, n_streamlines, steps=steps,
+                                           batch_size=batch_size, generator=generator,
+                                           sampler=sampler, flow_method=flow_method))
+        if not batches:
+            return torch.empty((0, self.config.n_points, 3), device=context.device)
+        return torch.cat(batches)
+
+
+def _same_dtype(out, like):
+    """Keep a numpy float input's dtype (float32 streamlines stay float32)."""
+    if isinstance(like, np.ndarray) and np.issubdtype(like.dtype, np.floating):
+        return out.astype(like.dtype, copy=False)
+    return out
+
+
+class CoordinateScaler:
+    """Per-axis min–max map between RAS+ millimetres and the model's [-1, 1] coordinates."""
+
+    def __init__(self, lo, hi):
+        self.lo = np.asarray(lo, dtype=np.float64).reshape(3)
+        self.hi = np.asarray(hi, dtype=np.float64).reshape(3)
+        if np.any(self.hi <= self.lo):
+            raise ValueError(f"coordinate bounds need hi > lo, got lo={self.lo} hi={self.hi}")
+
+    @classmethod
+    def from_points(cls, streamlines, margin_mm: float = 2.0) -> "CoordinateScaler":
+        """Bounds of all points of a list of (n, 3) arrays, widened by ``margin_mm`` per side."""
+        pts = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in streamlines])
+        return cls(pts.min(0) - margin_mm, pts.max(0) + margin_mm)
+
+    def _args(self, like):
+        if isinstance(like, Tensor):
+            return (torch.as_tensor(self.lo, dtype=like.dtype, device=like.device),
+                    torch.as_tensor(self.hi, dtype=like.dtype, device=like.device))
+        return self.lo, self.hi
+
+    def to_unit(self, points_mm):
+        """Millimetres (..., 3) -> [-1, 1] (numpy in, numpy out; tensor in, tensor out)."""
+        lo, hi = self._args(points_mm)
+        return _same_dtype(2 * (points_mm - lo) / (hi - lo) - 1, points_mm)
+
+    def to_mm(self, unit):
+        """[-1, 1] (..., 3) -> millimetres."""
+        lo, hi = self._args(unit)
+        return _same_dtype(lo + (unit + 1) * (hi - lo) / 2, unit)
+
+    def to_dict(self) -> dict:
+        return {"lo": self.lo.tolist(), "hi": self.hi.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CoordinateScaler":
+        return cls(d["lo"], d["hi"])

@@ -1,0 +1,327 @@
+"""The two training stages: per-coefficient VAEs, then E^c + conditional transformer (generator).
+
+Every optimisation step draws its randomness from ``SeedSequence([seed, stage, step])``, so a run is
+deterministic for a seed and a resumed run continues exactly where the interrupted one stopped
+(module weights and optimiser moments come from the last saved state; no RNG state is needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .state import load_state, save_state
+
+LOG = logging.getLogger("gentract.train")
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass
+class VAESettings:
+    steps_per_coefficient: int = 100
+    batch_size: int = 2
+    patch_size: int = 32
+    lr: float = 1e-3
+
+
+@dataclass
+class GeneratorSettings:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    validate_every: int = 250
+    checkpoint_every: int = 250
+
+
+@dataclass
+class RunContext:
+    """Where and how a training run executes."""
+
+    run_dir: Path
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    rank: int = 0
+    world_size: int = 1
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def step_generators(seed: int, stage: str, step: int, rank: int = 0):
+    """(numpy Generator, torch Generator) for one optimisation step of one stage."""
+    ss = np.random.SeedSequence([seed, zlib.crc32(stage.encode()), step, rank])
+    rng = np.random.default_rng(ss)
+    tg = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> 1))
+    return rng, tg
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA; nothing on CPU."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="step",
+                dynamic_ncols=True, mininterval=2.0)
+
+
+class _CSVLog:
+    """Append-only CSV of loss rows (kept across resumes)."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = Path(path), columns
+        if not self.path.exists():
+            with self.path.open("w", newline="") as fh:
+                csv.writer(fh).writerow(columns)
+
+    def truncate_after(self, key: str, value: int) -> None:
+        """Drop rows logged after ``value`` (a resumed run repeats them identically)."""
+        with self.path.open() as fh:
+            rows = list(csv.DictReader(fh))
+        keep = [r for r in rows if int(r[key]) < value]
+        with self.path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, self.columns)
+            w.writeheader()
+            w.writerows(keep)
+
+    def write(self, **row) -> None:
+        with self.path.open("a", newline="") as fh:
+            csv.writer(fh).writerow([_fmt(row.get(c, "")) for c in self.columns])
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+# ----------------------------------------------------------------------------- VAE stage
+def random_patches(volume: torch.Tensor, mask: np.ndarray, size: int, n: int,
+                   rng: np.random.Generator) -> torch.Tensor:
+    """``n`` cubic patches of ``volume`` (C, X, Y, Z) centred on random voxels of ``mask``.
+
+    Returns (n, C, size, size, size); patches that stick out of the volume are zero padded."""
+    centres = np.argwhere(mask)
+    picks = centres[rng.integers(len(centres), size=n)]
+    half = size // 2
+    padded = torch.nn.functional.pad(volume, (half, half, half, half, half, half))
+    out = [padded[:, x:x + size, y:y + size, z:z + size] for x, y, z in picks]
+    return torch.stack(out)
+
+
+def train_vaes(model, data, pairs, settings: VAESettings, ctx: RunContext) -> list[dict]:
+    """Train the m per-coefficient VAEs one after the other on random patches.
+
+    ``data.volume(pair)`` gives a z-scored (m, X, Y, Z) tensor and ``data.mask(pair)`` its brain
+    mask. State is saved after each coefficient, so an interrupted stage resumes at the next one."""
+    from ..model.vae import build_discriminator, discriminator_loss, vae_step_losses
+
+    cfg = model.config.vae
+    vaes = model.vaes.vaes
+    state_path = ctx.run_dir / "state" / "vae"
+    log = _CSVLog(ctx.run_dir / "losses_vae.csv",
+                  ["coefficient", "step", "loss", "l1", "kl", "adv", "disc"])
+    info = load_state(state_path, {"vaes": model.vaes}, {}) or {"done": 0}
+    start = int(info["done"])
+    if start:
+        LOG.warning("resuming the VAE stage at coefficient %d of %d", start, len(vaes))
+        log.truncate_after("coefficient", start)
+    t0 = time.perf_counter()
+    bar = _progress(len(vaes) * settings.steps_per_coefficient,
+                    start * settings.steps_per_coefficient, "VAEs", ctx.progress and ctx.is_main)
+    summary = []
+    for c in range(start, len(vaes)):
+        vae = vaes[c].to(ctx.device).train()
+        disc = build_discriminator(cfg).to(ctx.device).train()
+        opt_g = torch.optim.Adam(vae.parameters(), lr=settings.lr)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=settings.lr)
+        for s in range(settings.steps_per_coefficient):
+            rng, tg = step_generators(ctx.seed, f"vae{c}", s, ctx.rank)
+            torch.manual_seed(int(tg.initial_seed()))
+            pair = pairs[rng.integers(len(pairs))]
+            x = random_patches(data.volume(pair)[c:c + 1], data.mask(pair), settings.patch_size,
+                               settings.batch_size, rng).to(ctx.device)
+            with autocast(ctx.device):
+                losses = vae_step_losses(vae, disc, x, s, cfg)
+            opt_g.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt_g.step()
+            d_loss = torch.zeros(())
+            if "reconstruction" in losses and s >= cfg.adv_warmup_steps and cfg.adv_weight > 0:
+                with autocast(ctx.device):
+                    d_loss = discriminator_loss(disc, x, losses["reconstruction"].detach())
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            row = {k: float(v.detach()) for k, v in losses.items() if v.ndim == 0}
+            log.write(coefficient=c, step=s, loss=row.get("loss"), l1=row.get("l1"),
+                      kl=row.get("kl"), adv=row.get("adv", 0.0), disc=float(d_loss))
+            bar.set_postfix(coef=c, l1=f"{row.get('l1', 0):.3f}")
+            bar.update(1)
+        vae.eval()
+        summary.append({"coefficient": c, "final_l1": row.get("l1")})
+        if ctx.is_main:
+            save_state(state_path, {"vaes": model.vaes}, {}, {"done": c + 1})
+    bar.close()
+    ctx.timings["vae_seconds"] = round(time.perf_counter() - t0, 1)
+    return summary
+
+
+# ----------------------------------------------------------------------------- generator stage
+class GeneratorStep(nn.Module):
+    """E^c + transformer + objective as one module whose forward is the training loss.
+
+    Wrapping them this way lets ``DistributedDataParallel`` see every trainable parameter."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.encoder = model.encoder
+        self.transformer = model.transformer
+
+    def forward(self, latents: torch.Tensor, x1: torch.Tensor, generator: torch.Generator):
+        context = self.model.context_from_latents(latents)
+        return self.model.generator_loss(context, x1, generator=generator)
+
+
+@torch.no_grad()
+def cache_latents(model, data, pairs, device: str) -> dict:
+    """VAE posterior means of every (subject, rotation) pair: the VAEs are frozen in this stage."""
+    model.vaes.eval()
+    out = {}
+    for pair in pairs:
+        out[pair] = model.vaes.encode(data.volume(pair)[None].to(device)).cpu()
+    return out
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        frac = (step - warmup) / max(total - warmup, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))  # cosine to 10 %
+
+    return f
+
+
+@torch.no_grad()
+def validation_loss(model, data, latents, pairs, batch_size: int, seed: int, device: str,
+                    n_batches: int = 4) -> float:
+    """Mean generator loss over fixed batches of ``pairs`` (same noise every evaluation)."""
+    if not pairs:
+        return float("nan")
+    model.eval()
+    total = 0.0
+    for i in range(n_batches):
+        rng, tg = step_generators(seed, "validation", i)
+        pair = pairs[i % len(pairs)]
+        x1 = torch.from_numpy(data.sample_batch(pair, batch_size, rng)).to(device)
+        context = model.context_from_latents(latents[pair].to(device))
+        total += float(model.generator_loss(context, x1, generator=tg))
+    model.train()
+    return total / n_batches
+
+
+def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSettings,
+                    ctx: RunContext, on_checkpoint=None) -> dict:
+    """Train E^c and the transformer jointly (VAEs frozen).
+
+    Each step: one (subject, rotation) pair's cached VAE latents -> E^c -> context z, and a
+    random batch of that subject's streamlines (random orientation) -> objective loss."""
+    device = ctx.device
+    for p in model.vaes.parameters():
+        p.requires_grad_(False)
+    t_cache = time.perf_counter()
+    latents = cache_latents(model, data, list(dict.fromkeys(train_pairs + val_pairs)), device)
+    ctx.timings["latent_cache_seconds"] = round(time.perf_counter() - t_cache, 1)
+    step_module = GeneratorStep(model).to(device).train()
+    trainable = [p for p in step_module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(settings.warmup_steps,
+                                                              settings.steps))
+    wrapped = step_module
+    if ctx.world_size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[torch.device(device).index] if "cuda" in device else None)
+    state_path = ctx.run_dir / "state" / "generator"
+    log = _CSVLog(ctx.run_dir / "losses_generator.csv",
+                  ["step", "loss", "val_loss", "lr", "streamlines_per_s"])
+    info = load_state(state_path, {"encoder": model.encoder, "transformer": model.transformer},
+                      {"opt": opt}) or {"step": 0}
+    start = int(info["step"])
+    if start:
+        LOG.warning("resuming the generator stage at step %d of %d", start, settings.steps)
+        sched.last_epoch = start - 1
+        sched.step()
+        log.truncate_after("step", start)
+    t0 = time.perf_counter()
+    bar = _progress(settings.steps, start, "generator", ctx.progress and ctx.is_main)
+    recent: list[float] = []
+    for step in range(start, settings.steps):
+        rng, tg = step_generators(ctx.seed, "generator", step, ctx.rank)
+        torch.manual_seed(int(tg.initial_seed()))
+        pair = train_pairs[rng.integers(len(train_pairs))]
+        x1 = torch.from_numpy(data.sample_batch(pair, settings.batch_size, rng)).to(device)
+        ts = time.perf_counter()
+        with autocast(device):
+            loss = wrapped(latents[pair].to(device), x1, tg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+        opt.step()
+        sched.step()
+        rate = settings.batch_size * ctx.world_size / max(time.perf_counter() - ts, 1e-9)
+        recent = (recent + [float(loss.detach())])[-50:]
+        row = {"step": step, "loss": recent[-1], "lr": sched.get_last_lr()[0],
+               "streamlines_per_s": rate}
+        last = step + 1 == settings.steps
+        if ctx.is_main and ((step + 1) % settings.validate_every == 0 or last):
+            row["val_loss"] = validation_loss(model, data, latents, val_pairs,
+                                              settings.batch_size, ctx.seed, device)
+        log.write(**row)
+        bar.set_postfix(loss=f"{np.mean(recent):.4f}", sl_s=f"{rate:.0f}")
+        bar.update(1)
+        if ctx.is_main and ((step + 1) % settings.checkpoint_every == 0 or last):
+            save_state(state_path, {"encoder": model.encoder, "transformer": model.transformer},
+                       {"opt": opt}, {"step": step + 1})
+            if on_checkpoint is not None:
+                on_checkpoint(step + 1)
+    bar.close()
+    ctx.timings["generator_seconds"] = round(time.perf_counter() - t0, 1)
+    model.eval()
+    return {"final_train_loss": float(np.mean(recent)) if recent else None}
+
+
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) — a ``torchrun`` launch sets WORLD_SIZE/RANK/LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return dist.get_rank(), world, device

@@ -1,0 +1,50 @@
+"""Scoring of one tractogram: sanity metrics, then ground truth or atlas recognition."""
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.evaluation import EvaluateTractogram
+
+EVAL_FIELDS = ("metrics_file", "bundlestats_file", "bundle_files", "bundle_labels",
+               "bundle_names", "figures", "figure_descs", "metadata")
+
+
+def init_evaluation_wf(
+    *,
+    mode: str,
+    subject: str,
+    truth_dir: str | None = None,
+    waypoint_atlas: str | None = None,
+    recobundles_models: str | None = None,
+    bundleseg_atlas: str | None = None,
+    min_streamlines: int = 10,
+    seed: int = 0,
+    title: str = "",
+    name: str = "evaluation_wf",
+):
+    """Build the evaluation workflow (``mode``: groundtruth, atlas or sanity).
+
+    Inputs (``inputnode``): ``tractogram``, ``reference`` (an image on the DWI grid),
+    ``mask_file`` (brain mask).
+
+    Outputs (``outputnode``): ``metrics_file`` (JSON), ``bundlestats_file`` (TSV),
+    ``bundle_files``/``bundle_labels``/``bundle_names`` (per-bundle tractograms),
+    ``figures``/``figure_descs`` (PNG) and ``metadata`` (sidecar fields).
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["tractogram", "reference", "mask_file"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(EVAL_FIELDS)), name="outputnode")
+    evaluate = pe.Node(
+        EvaluateTractogram(mode=mode, subject=subject, truth_dir=truth_dir,
+                           waypoint_atlas=waypoint_atlas, recobundles_models=recobundles_models,
+                           bundleseg_atlas=bundleseg_atlas, min_streamlines=min_streamlines,
+                           seed=seed, title=title),
+        name="evaluate",
+    )
+    wf.connect([
+        (inputnode, evaluate, [("tractogram", "tractogram"), ("reference", "reference"),
+                               ("mask_file", "mask_file")]),
+        (evaluate, outputnode, [(f, f) for f in EVAL_FIELDS]),
+    ])  # fmt: skip
+    return wf
