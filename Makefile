@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 export NIPYPE_NO_ET := 1
 export TEMPLATEFLOW_AUTOUPDATE := 0
 
-.PHONY: venv demo test clean
+.PHONY: venv mrtrix demo test clean
+
+# MRtrix3 (the iFOD2 / SD_Stream / tckglobal baselines) comes from the distribution, not from pip.
+# CI runs as root on a fresh Debian machine; elsewhere sudo is used when present.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || (command -v sudo >/dev/null && echo sudo))
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +19,11 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-venv: $(BIN)/.installed
+mrtrix:
+	@command -v tckgen >/dev/null || ($(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mrtrix3)
+
+venv: $(BIN)/.installed mrtrix
 
 demo: venv
 	bash scripts/demo.sh

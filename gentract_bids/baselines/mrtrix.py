@@ -32,6 +32,8 @@ Choices (MRtrix 3.0.3; recorded in the metadata):
   they differ. ``tcksift`` is *not* reproducible even single-threaded with the variable set (the
   kept count varied by a few streamlines out of ~1000). Metadata key ``Deterministic`` is true
   only where the output is reproducible: seed set, ``nthreads <= 1`` and no SIFT.
+- Tissue maps: only a WM partial-volume map is used (seeding and SIFT's processing mask);
+  anatomically-constrained tracking (ACT, a 5TT image) is not used.
 - ``tckglobal``: ``-niter``, ``-length`` (default: the voxel size), ``-weight`` 0.1, ``-lmax`` 8,
   other parameters MRtrix's defaults; tracks shorter than ``min_length`` (default 5 voxels, as
   ``tckgen`` without ACT) are dropped, then a random subset of ``n_streamlines`` is kept when more
@@ -49,6 +51,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +62,8 @@ from ..errors import EX_FAILURE, GenTractError
 
 MRTRIX_PACKAGE = "mrtrix3"  # the Debian/Ubuntu package (apt-get install mrtrix3)
 LOCAL_ALGORITHMS = {"ifod2": "iFOD2", "sdstream": "SD_Stream"}
-LOCAL_BINARIES = ("mrconvert", "mrinfo", "dwi2response", "dwiextract", "dwi2fod", "tckgen", "tcksift")
+LOCAL_BINARIES = ("mrconvert", "mrinfo", "dwi2response", "dwiextract", "dwi2fod", "tckgen",
+                  "tcksift")
 GLOBAL_BINARIES = ("mrconvert", "mrinfo", "dwi2response", "tckglobal", "tckedit")
 _ERROR_LINE = re.compile(r"\[ERROR\]|^\s*\S+: \[SYSTEM FATAL CODE", re.MULTILINE)
 
@@ -133,6 +137,16 @@ class CommandLog:
 def _threads(nthreads: int | None) -> list:
     """MRtrix ``-nthreads``: 0 disables multi-threading."""
     return [] if nthreads is None else ["-nthreads", str(int(nthreads) if nthreads > 1 else 0)]
+
+
+@contextmanager
+def _scratch(workdir):
+    """``workdir`` (created, kept) or a temporary directory removed afterwards."""
+    if workdir is not None:
+        yield _workdir(workdir)
+        return
+    with tempfile.TemporaryDirectory(prefix="gentract_mrtrix_") as tmp:
+        yield Path(tmp)
 
 
 def _workdir(workdir) -> Path:
@@ -218,7 +232,8 @@ def _read_response(path) -> tuple[list[float], np.ndarray]:
 def estimate_fod(dwi, bval, bvec, mask, workdir=None, *, method: str = "csd", lmax: int = 8,
                  shell: float | None = None, nthreads: int = 1,
                  log: CommandLog | None = None) -> tuple[Path, dict]:
-    """MRtrix3 WM fODF (``wmfod.mif`` in ``workdir``) and metadata.
+    """MRtrix3 WM fODF (``wmfod.mif`` in ``workdir``; a new temporary folder, left for the
+    caller, when ``workdir`` is None) and metadata.
 
     ``method``: ``"csd"`` single-shell CSD on ``shell`` (default: the shell closest to b=3000) with
     the dhollander WM response of that shell; ``"msmt"`` multi-shell multi-tissue CSD."""
@@ -280,8 +295,9 @@ def run_local(algorithm: str, dwi, bval, bvec, mask, out_tck, *, n_streamlines: 
     no removal lowers its cost; a random subset (``random_seed``) then gives the exact count
     (metadata ``NAfterSIFT`` tells). ``wm_fod``: an existing MRtrix WM
     fODF (skips response + CSD, e.g. to share one fODF between trackers). ``step``/``angle``/
-    ``cutoff``: None keeps MRtrix's defaults. Writes ``out_tck``; returns (streamlines in RAS+ mm,
-    metadata with the command lines, timings and settings)."""
+    ``cutoff``: None keeps MRtrix's defaults. Intermediate files go to ``workdir`` (kept) or a
+    temporary folder (removed). Writes ``out_tck``; returns (streamlines in RAS+ mm, metadata
+    with the command lines, timings and settings)."""
     key = algorithm.lower().replace("_", "").replace("-", "")
     if key not in LOCAL_ALGORITHMS:
         raise ValueError(f"unknown MRtrix local algorithm {algorithm!r}: ifod2 or sdstream")
@@ -289,69 +305,71 @@ def run_local(algorithm: str, dwi, bval, bvec, mask, out_tck, *, n_streamlines: 
         raise ValueError("n_streamlines must be >= 1")
     check_mrtrix(LOCAL_BINARIES)
     t0 = time.perf_counter()
-    wd = _workdir(workdir)
-    log = CommandLog([], {})
-    meta: dict = {"Software": f"MRtrix3 {mrtrix_version()}",
-                  "Algorithm": LOCAL_ALGORITHMS[key]}
-    if wm_fod is None:
-        wm_fod, fmeta = estimate_fod(dwi, bval, bvec, mask, wd, method=fod_method, lmax=lmax,
-                                     nthreads=nthreads, log=log)
-        meta.update(fmeta)
-    else:
-        meta["FOD"] = str(wm_fod)
-    mask_bin = _binary_mask(mask, wd / "mask.nii.gz", "brain mask")
-    if seed_image is not None:
-        seed_bin, seeding = _binary_mask(seed_image, wd / "seed.nii.gz", "seed image"), "seed image"
-    elif wm_pve is not None:
-        seed_bin, seeding = _binary_mask(wm_pve, wd / "seed.nii.gz", "WM map", 0.5), "WM > 0.5"
-    else:
-        seed_bin, seeding = mask_bin, "brain mask"
-    n_generate = max(int(round(n_streamlines * max(sift_factor, 1.0))), n_streamlines)
-    env = {} if random_seed is None else {"MRTRIX_RNG_SEED": str(int(random_seed))}
-    raw = wd / f"{key}_raw.tck"
-    opts = []
-    for flag, val in (("-step", step), ("-angle", angle), ("-cutoff", cutoff)):
-        if val is not None:
-            opts += [flag, f"{float(val):g}"]
-    log.run(["tckgen", "-quiet", "-force", wm_fod, raw, "-algorithm", LOCAL_ALGORITHMS[key],
-             "-seed_image", seed_bin, "-mask", mask_bin, "-select", str(n_generate), *opts,
-             *_threads(nthreads)], "tckgen", env=env)
-    out_tck = Path(out_tck)
-    out_tck.parent.mkdir(parents=True, exist_ok=True)
-    sifted = wd / f"{key}_sift.tck"
-    if n_generate > n_streamlines:
-        proc = [] if wm_pve is None else ["-proc_mask", _float_map(wm_pve, wd / "proc_mask.nii.gz")]
-        log.run(["tcksift", "-quiet", "-force", raw, wm_fod, sifted, *proc,
-                 "-term_number", str(n_streamlines), *_threads(nthreads)], "tcksift", env=env)
-    else:
-        sifted = raw
-    streamlines = load_tck(sifted)
-    if not streamlines:
-        raise MRtrixCommandError(f"tckgen/tcksift produced no streamlines ({sifted})")
-    n_sift = len(streamlines)
-    if n_sift > n_streamlines:  # SIFT converged above the target: random subset
-        keep = np.random.default_rng(random_seed).choice(n_sift, n_streamlines, replace=False)
-        streamlines = [streamlines[i] for i in np.sort(keep)]
-        from ..io.tractogram import save_tractogram
+    with _scratch(workdir) as wd:
+        log = CommandLog([], {})
+        meta: dict = {"Software": f"MRtrix3 {mrtrix_version()}",
+                      "Algorithm": LOCAL_ALGORITHMS[key]}
+        if wm_fod is None:
+            wm_fod, fmeta = estimate_fod(dwi, bval, bvec, mask, wd, method=fod_method,
+                                         lmax=lmax, nthreads=nthreads, log=log)
+            meta.update(fmeta)
+        else:
+            meta["FOD"] = str(wm_fod)
+        mask_bin = _binary_mask(mask, wd / "mask.nii.gz", "brain mask")
+        if seed_image is not None:
+            seed_bin = _binary_mask(seed_image, wd / "seed.nii.gz", "seed image")
+            seeding = "seed image"
+        elif wm_pve is not None:
+            seed_bin, seeding = _binary_mask(wm_pve, wd / "seed.nii.gz", "WM map", 0.5), "WM > 0.5"
+        else:
+            seed_bin, seeding = mask_bin, "brain mask"
+        n_generate = max(int(round(n_streamlines * max(sift_factor, 1.0))), n_streamlines)
+        env = {} if random_seed is None else {"MRTRIX_RNG_SEED": str(int(random_seed))}
+        raw = wd / f"{key}_raw.tck"
+        opts = []
+        for flag, val in (("-step", step), ("-angle", angle), ("-cutoff", cutoff)):
+            if val is not None:
+                opts += [flag, f"{float(val):g}"]
+        log.run(["tckgen", "-quiet", "-force", wm_fod, raw, "-algorithm", LOCAL_ALGORITHMS[key],
+                 "-seed_image", seed_bin, "-mask", mask_bin, "-select", str(n_generate), *opts,
+                 *_threads(nthreads)], "tckgen", env=env)
+        out_tck = Path(out_tck)
+        out_tck.parent.mkdir(parents=True, exist_ok=True)
+        sifted = wd / f"{key}_sift.tck"
+        if n_generate > n_streamlines:
+            proc = ([] if wm_pve is None
+                    else ["-proc_mask", _float_map(wm_pve, wd / "proc_mask.nii.gz")])
+            log.run(["tcksift", "-quiet", "-force", raw, wm_fod, sifted, *proc,
+                     "-term_number", str(n_streamlines), *_threads(nthreads)], "tcksift", env=env)
+        else:
+            sifted = raw
+        streamlines = load_tck(sifted)
+        if not streamlines:
+            raise MRtrixCommandError(f"tckgen/tcksift produced no streamlines ({sifted})")
+        n_sift = len(streamlines)
+        if n_sift > n_streamlines:  # SIFT converged above the target: random subset
+            keep = np.random.default_rng(random_seed).choice(n_sift, n_streamlines, replace=False)
+            streamlines = [streamlines[i] for i in np.sort(keep)]
+            from ..io.tractogram import save_tractogram
 
-        ref = nib.load(str(mask_bin))
-        save_tractogram(out_tck, streamlines, ref.affine, ref.shape)
-    else:
-        shutil.copyfile(sifted, out_tck)
-    meta.update({
-        "Seeding": f"random in {seeding}", "Mask": "brain mask",
-        "NGenerated": n_generate, "NAfterSIFT": n_sift, "NStreamlines": len(streamlines),
-        "SIFT": n_generate > n_streamlines, "SIFTFactor": float(sift_factor),
-        "SIFTProcessingMask": "WM map" if wm_pve is not None else "MRtrix default",
-        "Parameters": {"step": step, "angle": angle, "cutoff": cutoff,
-                       "note": "None = MRtrix default"},
-        "RandomSeed": random_seed,
-        "Deterministic": (random_seed is not None and (nthreads is None or nthreads <= 1)
-                          and n_generate <= n_streamlines),
-        "Commands": log.commands, "Timings": dict(log.seconds,
-                                                  TotalSeconds=round(time.perf_counter() - t0, 3)),
-    })
-    return streamlines, meta
+            ref = nib.load(str(mask_bin))
+            save_tractogram(out_tck, streamlines, ref.affine, ref.shape)
+        else:
+            shutil.copyfile(sifted, out_tck)
+        meta.update({
+            "Seeding": f"random in {seeding}", "Mask": "brain mask",
+            "NGenerated": n_generate, "NAfterSIFT": n_sift, "NStreamlines": len(streamlines),
+            "SIFT": n_generate > n_streamlines, "SIFTFactor": float(sift_factor),
+            "SIFTProcessingMask": "WM map" if wm_pve is not None else "MRtrix default",
+            "Parameters": {"step": step, "angle": angle, "cutoff": cutoff,
+                           "note": "None = MRtrix default"},
+            "RandomSeed": random_seed,
+            "Deterministic": (random_seed is not None and (nthreads is None or nthreads <= 1)
+                              and n_generate <= n_streamlines),
+            "Commands": log.commands,
+            "Timings": dict(log.seconds, TotalSeconds=round(time.perf_counter() - t0, 3)),
+        })
+        return streamlines, meta
 
 
 # ----------------------------------------------------------------------------- global tracking
@@ -371,66 +389,66 @@ def run_tckglobal(dwi, bval, bvec, mask, out_tck, *, wm_response=None, gm_respon
     empty tractogram."""
     check_mrtrix(GLOBAL_BINARIES)
     t0 = time.perf_counter()
-    wd = _workdir(workdir)
-    log = CommandLog([], {})
-    vox = _voxel_size(dwi)
-    length = vox if length is None else float(length)
-    min_length = 5 * vox if min_length is None else float(min_length)
-    mask_bin = _binary_mask(mask, wd / "mask.nii.gz", "brain mask")
-    dwi_mif = prepare_dwi(dwi, bval, bvec, wd, log, nthreads)
-    n_shells = len([b for b in _shell_bvalues(dwi_mif, log) if b > 50])
-    if wm_response is None:
-        resp = estimate_responses(dwi_mif, mask_bin, wd, log, nthreads)
-        wm_response = resp["wm"]
-        csf_response = resp["csf"] if csf_response is None else csf_response
-        if gm_response is None and n_shells >= 2:
-            gm_response = resp["gm"]
-    riso = []
-    for r in (csf_response, gm_response):
-        if r is not None:
-            riso += ["-riso", r]
-    env = {} if random_seed is None else {"MRTRIX_RNG_SEED": str(int(random_seed))}
-    raw = wd / "tckglobal_raw.tck"
-    if raw.exists():
-        raw.unlink()
-    log.run(["tckglobal", "-quiet", "-force", dwi_mif, wm_response, *riso, "-mask", mask_bin,
-             "-niter", f"{float(niter):g}", "-lmax", str(lmax), "-length", f"{length:g}",
-             "-weight", f"{weight:g}", raw, *_threads(nthreads)], "tckglobal", env=env)
-    if not raw.is_file():
-        raise MRtrixCommandError(f"tckglobal exited without writing {raw}")
-    n_raw = len(load_tck(raw))
-    if n_raw == 0:
-        raise MRtrixCommandError("tckglobal produced an empty tractogram")
-    kept = raw
-    if min_length > 0:
-        kept = wd / "tckglobal_minlength.tck"
-        log.run(["tckedit", "-quiet", "-force", raw, kept, "-minlength", f"{min_length:g}"],
-                "tckedit")
-    streamlines = load_tck(kept)
-    if not streamlines:
-        raise MRtrixCommandError(
-            f"tckglobal produced {n_raw} tracks, none longer than {min_length:g} mm "
-            f"(too few iterations? -niter {float(niter):g})")
-    n_long = len(streamlines)
-    if n_streamlines is not None and n_long > n_streamlines:
-        rng = np.random.default_rng(random_seed)
-        keep = np.sort(rng.choice(n_long, int(n_streamlines), replace=False))
-        streamlines = [streamlines[i] for i in keep]
-    from ..io.tractogram import save_tractogram
+    with _scratch(workdir) as wd:
+        log = CommandLog([], {})
+        vox = _voxel_size(dwi)
+        length = vox if length is None else float(length)
+        min_length = 5 * vox if min_length is None else float(min_length)
+        mask_bin = _binary_mask(mask, wd / "mask.nii.gz", "brain mask")
+        dwi_mif = prepare_dwi(dwi, bval, bvec, wd, log, nthreads)
+        n_shells = len([b for b in _shell_bvalues(dwi_mif, log) if b > 50])
+        if wm_response is None:
+            resp = estimate_responses(dwi_mif, mask_bin, wd, log, nthreads)
+            wm_response = resp["wm"]
+            csf_response = resp["csf"] if csf_response is None else csf_response
+            if gm_response is None and n_shells >= 2:
+                gm_response = resp["gm"]
+        riso = []
+        for r in (csf_response, gm_response):
+            if r is not None:
+                riso += ["-riso", r]
+        env = {} if random_seed is None else {"MRTRIX_RNG_SEED": str(int(random_seed))}
+        raw = wd / "tckglobal_raw.tck"
+        if raw.exists():
+            raw.unlink()
+        log.run(["tckglobal", "-quiet", "-force", dwi_mif, wm_response, *riso, "-mask", mask_bin,
+                 "-niter", f"{float(niter):g}", "-lmax", str(lmax), "-length", f"{length:g}",
+                 "-weight", f"{weight:g}", raw, *_threads(nthreads)], "tckglobal", env=env)
+        if not raw.is_file():
+            raise MRtrixCommandError(f"tckglobal exited without writing {raw}")
+        n_raw = len(load_tck(raw))
+        if n_raw == 0:
+            raise MRtrixCommandError("tckglobal produced an empty tractogram")
+        kept = raw
+        if min_length > 0:
+            kept = wd / "tckglobal_minlength.tck"
+            log.run(["tckedit", "-quiet", "-force", raw, kept, "-minlength", f"{min_length:g}"],
+                    "tckedit")
+        streamlines = load_tck(kept)
+        if not streamlines:
+            raise MRtrixCommandError(
+                f"tckglobal produced {n_raw} tracks, none longer than {min_length:g} mm "
+                f"(too few iterations? -niter {float(niter):g})")
+        n_long = len(streamlines)
+        if n_streamlines is not None and n_long > n_streamlines:
+            rng = np.random.default_rng(random_seed)
+            keep = np.sort(rng.choice(n_long, int(n_streamlines), replace=False))
+            streamlines = [streamlines[i] for i in keep]
+        from ..io.tractogram import save_tractogram
 
-    ref = nib.load(str(mask_bin))
-    out_tck = Path(out_tck)
-    out_tck.parent.mkdir(parents=True, exist_ok=True)
-    save_tractogram(out_tck, streamlines, ref.affine, ref.shape)
-    meta = {"Software": f"MRtrix3 {mrtrix_version()}", "Algorithm": "tckglobal",
-            "ResponseAlgorithm": "dwi2response dhollander" if "dwi2response" in log.seconds
-            else "given",
-            "Parameters": {"niter": float(niter), "length": length, "weight": float(weight),
-                           "lmax": int(lmax), "isotropic_responses": len(riso) // 2,
-                           "min_length": min_length, "other": "MRtrix defaults"},
-            "NRaw": n_raw, "NAboveMinLength": n_long, "NStreamlines": len(streamlines),
-            "RandomSeed": random_seed,
-            "Deterministic": random_seed is not None and (nthreads is None or nthreads <= 1),
-            "Commands": log.commands,
-            "Timings": dict(log.seconds, TotalSeconds=round(time.perf_counter() - t0, 3))}
-    return streamlines, meta
+        ref = nib.load(str(mask_bin))
+        out_tck = Path(out_tck)
+        out_tck.parent.mkdir(parents=True, exist_ok=True)
+        save_tractogram(out_tck, streamlines, ref.affine, ref.shape)
+        meta = {"Software": f"MRtrix3 {mrtrix_version()}", "Algorithm": "tckglobal",
+                "ResponseAlgorithm": "dwi2response dhollander" if "dwi2response" in log.seconds
+                else "given",
+                "Parameters": {"niter": float(niter), "length": length, "weight": float(weight),
+                               "lmax": int(lmax), "isotropic_responses": len(riso) // 2,
+                               "min_length": min_length, "other": "MRtrix defaults"},
+                "NRaw": n_raw, "NAboveMinLength": n_long, "NStreamlines": len(streamlines),
+                "RandomSeed": random_seed,
+                "Deterministic": random_seed is not None and (nthreads is None or nthreads <= 1),
+                "Commands": log.commands,
+                "Timings": dict(log.seconds, TotalSeconds=round(time.perf_counter() - t0, 3))}
+        return streamlines, meta

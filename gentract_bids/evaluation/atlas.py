@@ -34,7 +34,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from ..errors import BadDataError, GenTractError, NoInputError, UsageError
 from .metrics import summarise
@@ -102,7 +101,7 @@ def degenerate_mask(streamlines) -> np.ndarray:
 def _resolve_conflicts(accepted: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """Per streamline (column), the accepted bundle (row) with the lowest cost; ties go to the
     first bundle in atlas order; -1 where none accepted."""
-    c = np.where(accepted, cost, np.inf)
+    c = np.where(accepted, np.nan_to_num(cost, nan=1e30, posinf=1e30), np.inf)
     best = np.argmin(c, axis=0) if len(c) else np.zeros(accepted.shape[1], int)
     any_acc = accepted.any(axis=0) if len(c) else np.zeros(accepted.shape[1], bool)
     return np.where(any_acc, best, -1)
@@ -189,7 +188,8 @@ def load_waypoint_atlas(path) -> WaypointAtlas:
     for name, e in entries.items():
         unknown = set(e) - {"include", "exclude", "start", "end", "prob_map", "prob_threshold"}
         if unknown:
-            raise BadDataError(f"waypoint atlas {path}: bundle {name}: unknown keys {sorted(unknown)}")
+            raise BadDataError(f"waypoint atlas {path}: bundle {name}: unknown keys "
+                               f"{sorted(unknown)}")
         b = WaypointBundle(
             include=[read(r) for r in e.get("include", [])],
             exclude=[read(r) for r in e.get("exclude", [])],
@@ -216,8 +216,8 @@ def save_waypoint_atlas(atlas: WaypointAtlas, out_dir, affine=None) -> Path:
         return fname
 
     for name, b in atlas.bundles.items():
-        e: dict = {"include": [write(m, f"{name}_include{i}.nii.gz") for i, m in enumerate(b.include)],
-                   "exclude": [write(m, f"{name}_exclude{i}.nii.gz") for i, m in enumerate(b.exclude)]}
+        e: dict = {kind: [write(m, f"{name}_{kind}{i}.nii.gz") for i, m in enumerate(masks)]
+                   for kind, masks in (("include", b.include), ("exclude", b.exclude))}
         if b.start is not None:
             e["start"] = write(b.start, f"{name}_start.nii.gz")
         if b.end is not None:
@@ -260,23 +260,37 @@ def _voxel_sizes(affine) -> np.ndarray:
     return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
 
 
-class _RoiDistance:
-    """Distance (mm) from points to an ROI mask: distance to the nearest ROI voxel centre minus
-    half the (mean) voxel size, i.e. ~0 on the voxel faces, negative inside (the convention of
-    pyAFQ's distance transform minus half a voxel). Built on a KD-tree of voxel centres."""
+class _RoiDistanceVox:
+    """Distance (mm) from world points to an ROI mask, pyAFQ 3.4's convention: the Euclidean
+    distance transform of the mask's complement (mm, between voxel centres) minus half a voxel,
+    trilinearly interpolated — negative inside the ROI, ~0 on its faces. Computed on the mask's
+    bounding box padded by ``margin_mm`` (farther points get +inf)."""
 
-    def __init__(self, mask: np.ndarray, affine: np.ndarray):
-        ijk = np.argwhere(np.asarray(mask, bool))
+    def __init__(self, mask: np.ndarray, affine: np.ndarray, margin_mm: float):
+        mask = np.asarray(mask, bool)
+        affine = np.asarray(affine, float)
+        vs = _voxel_sizes(affine)
+        self.half = 0.5 * float(vs.mean())
+        ijk = np.argwhere(mask)
         self.empty = len(ijk) == 0
-        self.half = 0.5 * float(_voxel_sizes(affine).mean())
-        self.tree = None if self.empty else cKDTree(ijk @ np.asarray(affine)[:3, :3].T
-                                                      + np.asarray(affine)[:3, 3])
+        if self.empty:
+            return
+        pad = int(math.ceil((margin_mm + self.half) / vs.min())) + 2
+        self.lo = np.maximum(ijk.min(0) - pad, 0)
+        hi = np.minimum(ijk.max(0) + pad + 1, mask.shape)
+        crop = mask[tuple(slice(a, b) for a, b in zip(self.lo, hi))]
+        self.edt = ndimage.distance_transform_edt(~crop, sampling=vs) - self.half
+        self.origin = affine[:3, 3]
+        self.inv = np.linalg.inv(affine[:3, :3])
 
-    def __call__(self, pts: np.ndarray, within_mm: float) -> np.ndarray:
+    def __call__(self, pts: np.ndarray) -> np.ndarray:
         if self.empty or len(pts) == 0:
             return np.full(len(pts), np.inf)
-        d, _ = self.tree.query(pts, distance_upper_bound=within_mm + self.half + 1e-6)
-        return d - self.half  # inf stays inf
+        ijk = (np.asarray(pts, float) - self.origin) @ self.inv.T - self.lo
+        inside = np.all((ijk >= 0) & (ijk <= np.array(self.edt.shape) - 1), axis=1)
+        vals = np.full(len(pts), np.inf)
+        vals[inside] = ndimage.map_coordinates(self.edt, ijk[inside].T, order=1, mode="nearest")
+        return vals
 
 
 def _segment_min(d: np.ndarray, local_off: np.ndarray, lens: np.ndarray):
@@ -297,6 +311,11 @@ def _sample_volume_vox_trilinear(volume: np.ndarray, affine: np.ndarray, pts: np
                                    cval=0.0)
 
 
+def _mask_affine(atlas: WaypointAtlas, affine):
+    """The grid of the atlas masks: the atlas's own affine, else the one given."""
+    return atlas.affine if atlas.affine is not None else affine
+
+
 def recognize_waypoints(streamlines, atlas: WaypointAtlas, affine=None, *, dist_mm: float = 0.0,
                         endpoint_dist_mm: float = 4.0, ordered: bool = True,
                         min_streamlines: int = 1) -> AtlasRecognition:
@@ -309,8 +328,8 @@ def recognize_waypoints(streamlines, atlas: WaypointAtlas, affine=None, *, dist_
       ``dist_to_atlas``) of the start/end ROIs, in either orientation; the orientation that fits
       (the closer one if both fit) fixes its direction (start -> end);
     * ``include``: some point lies within ``dist_mm`` of EVERY include ROI (distance to an ROI =
-      distance to its nearest voxel centre minus half a voxel; ``dist_mm = 0`` (pyAFQ 3.4's
-      default) means "inside the ROI"). Without start/end ROIs the orientation comes from the
+      trilinear distance transform of its complement minus half a voxel, as in pyAFQ 3.4; so
+      ``dist_mm = 0``, pyAFQ's default, means "inside the ROI"). Without start/end ROIs the orientation comes from the
       include ROIs (first ROI before the last, like pyAFQ). With ``ordered=True`` (default) the
       closest points to the include ROIs must come in list order along the oriented streamline —
       stricter than pyAFQ, which uses only the first and last include ROIs to orient;
@@ -318,10 +337,11 @@ def recognize_waypoints(streamlines, atlas: WaypointAtlas, affine=None, *, dist_
 
     A streamline accepted by several bundles goes to the one with the smallest mean ROI distance
     (include distances and the endpoint distances used), ties to the first in atlas order (as in
-    pyAFQ 3.4). ``scores`` = that mean distance (mm). ``affine`` (voxel -> RAS+ mm of the mask
-    grid) defaults to ``atlas.affine``.
+    pyAFQ 3.4). ``scores`` = that mean distance (mm). The masks' grid is ``atlas.affine``
+    (voxel -> RAS+ mm; set by :func:`load_waypoint_atlas`); ``affine`` is used only for an
+    in-memory atlas without one (e.g. masks on the tractogram's reference grid).
     """
-    affine = atlas.affine if affine is None else affine
+    affine = _mask_affine(atlas, affine)
     if affine is None:
         raise UsageError("recognize_waypoints: the atlas grid's affine is needed")
     affine = np.asarray(affine, float)
@@ -333,12 +353,13 @@ def recognize_waypoints(streamlines, atlas: WaypointAtlas, affine=None, *, dist_
     accepted = np.zeros((len(names), n), bool)
     cost = np.full((len(names), n), np.inf)
     flip_all = np.zeros((len(names), n), bool)
-    cache: dict[int, _RoiDistance] = {}
+    cache: dict[int, _RoiDistanceVox] = {}
+    margin = max(float(dist_mm), float(endpoint_dist_mm))
 
     def roi(mask):
         key = id(mask)
         if key not in cache:
-            cache[key] = _RoiDistance(mask, affine)
+            cache[key] = _RoiDistanceVox(mask, affine, margin)
         return cache[key]
 
     for b, name in enumerate(names):
@@ -360,7 +381,7 @@ def recognize_waypoints(streamlines, atlas: WaypointAtlas, affine=None, *, dist_
             for mask, p_fwd, p_rev in ((bd.start, f, l_), (bd.end, l_, f)):
                 if mask is None:
                     continue
-                d_f, d_r = roi(mask)(p_fwd, endpoint_dist_mm), roi(mask)(p_rev, endpoint_dist_mm)
+                d_f, d_r = roi(mask)(p_fwd), roi(mask)(p_rev)
                 ok_f &= d_f <= endpoint_dist_mm
                 ok_r &= d_r <= endpoint_dist_mm
                 fwd, rev = fwd + d_f, rev + d_r
@@ -374,7 +395,7 @@ def recognize_waypoints(streamlines, atlas: WaypointAtlas, affine=None, *, dist_
             ok = np.ones(len(idx), bool)
             positions = []
             for mask in bd.include:
-                seg_min, seg_pos = _segment_min(roi(mask)(pts, dist_mm), off, lens)
+                seg_min, seg_pos = _segment_min(roi(mask)(pts), off, lens)
                 ok &= seg_min <= dist_mm
                 dsum = dsum + np.where(np.isfinite(seg_min), seg_min, 0.0)
                 positions.append(seg_pos)
@@ -390,7 +411,7 @@ def recognize_waypoints(streamlines, atlas: WaypointAtlas, affine=None, *, dist_
             pts, off, lens = flat.gather(idx)
             hit = np.zeros(len(idx), bool)
             for mask in bd.exclude:
-                seg_min, _ = _segment_min(roi(mask)(pts, dist_mm), off, lens)
+                seg_min, _ = _segment_min(roi(mask)(pts), off, lens)
                 hit |= seg_min <= dist_mm
             idx, flip, dsum, nterm = idx[~hit], flip[~hit], dsum[~hit], nterm[~hit]
         accepted[b, idx] = True
@@ -459,6 +480,7 @@ def recognize_recobundles(streamlines, model_bundles: dict, *, model_clust_thr: 
                           reduction_thr: float = 25.0, pruning_thr: float = 12.0,
                           clust_thr: float = 15.0, min_length_mm: float = 10.0,
                           slr: bool = True, slr_select: tuple = (400, 600),
+                          whole_brain_slr: bool = False,
                           num_threads: int | None = None, max_model_streamlines: int = 500, rng=0,
                           min_streamlines: int = 1) -> AtlasRecognition:
     """dipy RecoBundles, one ``recognize`` call per model bundle.
@@ -466,7 +488,10 @@ def recognize_recobundles(streamlines, model_bundles: dict, *, model_clust_thr: 
     ``model_bundles``: ``{name: [streamlines]}`` in the SAME space as the subject (RAS+ mm; e.g.
     bundles of a template already registered to the subject, or another subject's bundles in a
     shared space). The whole-brain SLR step of the RecoBundles paper is not done (not needed for
-    subject-space models); each bundle still gets RecoBundles' local SLR when ``slr``.
+    subject-space models) unless ``whole_brain_slr`` (affine SLR of all model streamlines onto
+    the tractogram, as dipy's ``whole_brain_slr``, applied to the models first: use it when the
+    models come from another subject or a template in roughly the same world space); each bundle
+    still gets RecoBundles' local SLR when ``slr`` (its cost grows with ``slr_select``).
     Defaults follow pyAFQ (model_clust_thr 1.25, reduction 25, pruning 12 mm); ``clust_thr`` is
     the QuickBundles threshold for the tractogram; streamlines shorter than ``min_length_mm`` are
     ignored (dipy's default of 50 mm would drop short association fibres).
@@ -474,8 +499,8 @@ def recognize_recobundles(streamlines, model_bundles: dict, *, model_clust_thr: 
     Conflicts: a streamline recognised by several bundles goes to the bundle whose model
     streamlines (as given, i.e. before RecoBundles' local registration, which can pull a
     neighbouring bundle onto the model) are nearest in MDF (20 points, orientation-free); ties to
-    the first bundle in ``model_bundles`` order. ``scores`` = that MDF distance (mm); ``flipped`` = the streamline
-    runs against its nearest model streamline.
+    the first bundle in ``model_bundles`` order. ``scores`` = that MDF distance (mm);
+    ``flipped`` = the streamline runs against its nearest model streamline.
     """
     from dipy.segment.bundles import RecoBundles
     from dipy.tracking.streamline import Streamlines
@@ -492,6 +517,8 @@ def recognize_recobundles(streamlines, model_bundles: dict, *, model_clust_thr: 
         sl = Streamlines([np.asarray(streamlines[i], np.float32) for i in valid_idx])
         rb = RecoBundles(sl, greater_than=min_length_mm, clust_thr=clust_thr, rng=gen,
                          verbose=False)
+        if whole_brain_slr:
+            model_bundles = _whole_brain_slr(sl, model_bundles, min_length_mm, gen, num_threads)
         for b, name in enumerate(names):
             model = [np.asarray(s, np.float32) for s in model_bundles[name] if len(s) >= 2]
             if not model:
@@ -521,8 +548,38 @@ def recognize_recobundles(streamlines, model_bundles: dict, *, model_clust_thr: 
     params = {"model_clust_thr": model_clust_thr, "reduction_thr": reduction_thr,
               "pruning_thr": pruning_thr, "clust_thr": clust_thr, "min_length_mm": min_length_mm,
               "slr": bool(slr), "slr_select": list(slr_select),
+              "whole_brain_slr": bool(whole_brain_slr),
               "min_streamlines": int(min_streamlines)}
     return _finish("recobundles", labels, names, flipped, scores, min_streamlines, params)
+
+
+def _whole_brain_slr(static, model_bundles: dict, min_length_mm: float, rng, num_threads,
+                     qbx_thr=(40, 30, 20, 15), rm_small_clusters: int = 10):
+    """Affine whole-brain SLR (Garyfallidis 2015: QuickBundlesX centroids of both sets, then
+    progressive SLR up to affine) of the concatenated model bundles onto ``static``; returns the
+    moved model bundles. Written out (rather than dipy's ``whole_brain_slr``) so that
+    ``num_threads`` reaches the distance metric (dipy 1.12's progressive SLR ignores it)."""
+    from dipy.align.streamlinear import (DEFAULT_BOUNDS, BundleMinDistanceMetric,
+                                         progressive_slr, remove_clusters_by_size)
+    from dipy.segment.clustering import qbx_and_merge
+    from dipy.tracking.streamline import Streamlines, set_number_of_points, transform_streamlines
+
+    def centroids(sl):
+        sl = [np.asarray(s, np.float32) for s in sl]
+        sl = [s for s in sl if len(s) > 1
+              and np.linalg.norm(np.diff(s, axis=0), axis=1).sum() > min_length_mm]
+        if not sl:
+            raise BadDataError("whole-brain SLR: no streamline longer than min_length_mm")
+        cmap = qbx_and_merge(Streamlines(set_number_of_points(sl, nb_points=20)), qbx_thr, rng=rng)
+        cents = remove_clusters_by_size(cmap, min(rm_small_clusters, max(cmap.clusters_sizes())))
+        return cents
+
+    moving = [s for v in model_bundles.values() for s in v]
+    metric = BundleMinDistanceMetric(num_threads=num_threads)
+    slm = progressive_slr(centroids(static), centroids(moving), metric, "affine", DEFAULT_BOUNDS,
+                          num_threads=num_threads)
+    return {k: list(transform_streamlines([np.asarray(s, np.float32) for s in v], slm.matrix))
+            for k, v in model_bundles.items()}
 
 
 # ----------------------------------------------------------------------------- pyAFQ
@@ -553,7 +610,9 @@ def recognize_pyafq(streamlines, atlas: WaypointAtlas, affine=None, *, step_mm: 
     template download: ``resample_to=False``). Streamlines are first resampled to ``step_mm``
     (pyAFQ's Mahalanobis cleaning treats the number of points as length). pyAFQ resolves
     conflicts itself (closest include ROI, then bundle order) and cleans each bundle (Mahalanobis,
-    its defaults unless ``cleaning_params``). ``scores`` are NaN (pyAFQ does not return them)."""
+    its defaults unless ``cleaning_params``). ``prob_threshold`` is pyAFQ's global threshold
+    (the per-bundle ``WaypointBundle.prob_threshold`` is not used here). ``affine`` as in
+    :func:`recognize_waypoints`. ``scores`` are NaN (pyAFQ does not return them)."""
     if not pyafq_available():
         raise MissingToolError("atlas recognition with pyAFQ needs the optional extra 'afq' "
                                "(pip install 'gentract[afq]', i.e. pyAFQ==3.4); AFQ is not "
@@ -562,7 +621,10 @@ def recognize_pyafq(streamlines, atlas: WaypointAtlas, affine=None, *, step_mm: 
     from AFQ.recognition.recognize import recognize
     from dipy.io.stateful_tractogram import Space, StatefulTractogram
 
-    affine = np.asarray(atlas.affine if affine is None else affine, float)
+    affine = _mask_affine(atlas, affine)
+    if affine is None:
+        raise UsageError("recognize_pyafq: the atlas grid's affine is needed")
+    affine = np.asarray(affine, float)
     shape = atlas.shape
     if shape is None:
         first = next(iter(atlas.bundles.values()))

@@ -17,7 +17,7 @@ Classification of each streamline (labels follow :mod:`gentract_bids.evaluation.
   but leaving the bundle mask or implausible length), also counted separately in ``n_wpc``.
 * **NC** (no connection): every other non-degenerate streamline (an endpoint in no region, or both
   endpoints only in the same single region).
-* **degenerate**: fewer than 2 points.
+* **degenerate**: fewer than 2 points or a non-finite coordinate.
 
 IB (invalid bundles) = number of distinct unordered endpoint-region pairs, excluding valid
 (head_b, tail_b) pairs, reached by IC streamlines (each IC streamline contributes its
@@ -44,7 +44,8 @@ import numpy as np
 from scipy import ndimage
 
 from .metrics import summarise
-from .sanity import Packed, pack_streamlines, segment_vectors, streamline_voxels, voxel_index_of_points
+from .sanity import (non_finite, pack_streamlines, step_lengths, streamline_voxels, unique_int,
+                     voxel_index_of_points)
 
 LENGTH_MARGIN = 0.2  # default plausible length: [(1 - m) min, (1 + m) max] of the truth lengths
 
@@ -73,7 +74,7 @@ class GroundTruth:
         return [self.streamlines[i] for i in self.groups.get(name, [])]
 
     def length_ranges(self, margin: float = LENGTH_MARGIN) -> dict[str, tuple[float, float]]:
-        """Plausible length (mm) per bundle from its truth streamlines; (0, inf) when it has none."""
+        """Plausible length (mm) per bundle from its truth streamlines; (0, inf) without any."""
         out = {}
         for name in self.bundle_names:
             sl = self.bundle_streamlines(name)
@@ -88,8 +89,7 @@ class GroundTruth:
 def streamline_lengths(streamlines) -> np.ndarray:
     """(N,) length in mm of each streamline (vectorised)."""
     pk = pack_streamlines(streamlines)
-    seg, _ = segment_vectors(pk)
-    return pk.reduce(np.add, np.sqrt((seg ** 2).sum(1)), 0.0)
+    return pk.reduce(np.add, step_lengths(pk), 0.0)
 
 
 def _truth_files(truth_dir, subject) -> tuple[Path, str]:
@@ -150,7 +150,7 @@ def groundtruth_from_subject(subj) -> GroundTruth:
 
 
 def dilate_masks_voxel(masks: np.ndarray, iterations: int) -> np.ndarray:
-    """Dilate each volume of a (X, Y, Z, B) bool array by ``iterations`` voxels (26-connectivity)."""
+    """Dilate each volume of a (X, Y, Z, B) bool array by ``iterations`` voxels (26-neighbours)."""
     if iterations <= 0:
         return masks.astype(bool)
     st = np.ones((3, 3, 3), bool)
@@ -220,7 +220,8 @@ def score_groundtruth(
     ``n_is``, ``n_ic``, ``ic_ratio``, ``n_nc``, ``nc_ratio``, ``n_wpc``, ``ib`` (invalid bundles),
     ``ib_pairs``, ``density_dice``, ``density_weighted_dice``, ``density_dice_valid``,
     ``inside_tolerance``, ``mask_dilation`` and ``length_ranges``. The valid streamlines of each
-    bundle are ``valid_indices(labels, gt.bundle_names)`` (index arrays, for per-bundle tractograms).
+    bundle are ``valid_indices(labels, gt.bundle_names)`` (index arrays, for per-bundle
+    tractograms).
     """
     pk = pack_streamlines(streamlines)
     n = len(pk)
@@ -230,9 +231,9 @@ def score_groundtruth(
     nvox = int(np.prod(shape))
 
     # --- endpoints -> endpoint regions (2B): region 2b = head_b, 2b + 1 = tail_b
-    nz = pk.counts >= 2
-    flat = voxel_index_of_points(pk.points, gt.affine, shape)
-    flat = np.where(flat < 0, nvox, flat)
+    nz = (pk.counts >= 2) & ~non_finite(pk)  # the others are "degenerate"
+    flat_raw = voxel_index_of_points(pk.points, gt.affine, shape)
+    flat = np.where(flat_raw < 0, nvox, flat_raw)
     heads = _flat_with_sentinel(gt.head_masks)
     tails = _flat_with_sentinel(gt.tail_masks)
     first_v = flat[pk.offsets[nz]]
@@ -299,13 +300,13 @@ def score_groundtruth(
     labels = labels.astype(str)
 
     # --- voxel scores (OL / OR / F1) of valid streamlines, and density Dice
-    sid_vox = streamline_voxels(pk, gt.affine, shape)
+    sid_vox = streamline_voxels(pk, gt.affine, shape, point_voxels=flat_raw)
     sid, vox = sid_vox
     gt_flat = gt.bundle_masks.reshape(-1, nb)
     scores: dict = {}
     vb = bundle_of[sid]
     keep = vb >= 0
-    key = np.unique(vb[keep] * nvox + vox[keep])  # unique (bundle, voxel) of valid streamlines
+    key = unique_int(vb[keep] * nvox + vox[keep])  # unique (bundle, voxel) of valid streamlines
     kb, kv = key // nvox, key % nvox
     bounds = np.searchsorted(kb, np.arange(nb + 1))
     in_gt = gt_flat[kv, kb]

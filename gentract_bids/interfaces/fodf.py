@@ -153,12 +153,15 @@ class CanonicalFOD(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..fodf.grid import canonical_grid, resample_to_grid, zscore, zscore_stats
+        from ..fodf.rotation import sh_to_world_frame
 
         t0 = time.perf_counter()
         fod_img = nb.load(self.inputs.fod_file)
         mask_img = nb.load(self.inputs.mask_file)
         affine, shape = canonical_grid(self.inputs.spacing, tuple(self.inputs.shape))
-        sh = resample_to_grid(np.asanyarray(fod_img.dataobj), fod_img.affine, affine, shape)
+        # voxel-frame coefficients -> RAS+ world frame (the canonical grid's), as in training
+        sh_world = sh_to_world_frame(np.asanyarray(fod_img.dataobj), fod_img.affine)
+        sh = resample_to_grid(sh_world, fod_img.affine, affine, shape)
         mask = resample_to_grid(
             np.asanyarray(mask_img.dataobj).astype(np.float32), mask_img.affine, affine, shape,
             order=0,
@@ -173,7 +176,8 @@ class CanonicalFOD(SimpleInterface):
         self._results["out_fod"] = _save(zscore(sh, mean, std, mask), affine, "fod_canonical.nii.gz")
         self._results["out_mask"] = _save(mask, affine, "mask_canonical.nii.gz", np.uint8)
         self._results["metadata"] = {
-            "Resampling": "trilinear interpolation of each SH coefficient (world space)",
+            "Resampling": "coefficients rotated from the voxel (ijk) frame to RAS+ world axes, "
+                          "then trilinear interpolation of each SH coefficient (world space)",
             "VoxelSize": [self.inputs.spacing] * 3,
             "GridShape": list(shape),
             "ZScore": {"Statistics": source, "Mean": mean.tolist(), "Std": std.tolist(),

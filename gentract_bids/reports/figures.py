@@ -1,9 +1,10 @@
 """Report figures (matplotlib, Agg backend, offscreen): bundles, directions, per-bundle F1.
 
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no global
-backend switch, no display needed). Streamlines are RAS+ mm; each view is an orthographic projection: axial (x, y) seen from above,
-coronal (x, z) seen from the front, sagittal (y, z) seen from the right. Lines are drawn with one
-``LineCollection`` per panel (and per bundle), which keeps 10^5 segments fast.
+backend switch, no display needed). Streamlines are RAS+ mm; each view is an orthographic
+projection: axial (x, y) seen from above, coronal (x, z) seen from the front, sagittal (y, z)
+seen from the right. Lines are drawn with one ``LineCollection`` per panel (and per bundle), and
+each streamline is decimated to at most 32 points, which keeps 10^5 segments to a few seconds.
 """
 
 from __future__ import annotations
