@@ -40,10 +40,11 @@ single-threaded (MRtrix ``-nthreads 0``), fODF estimation with 2 threads.
 Time and memory: every tracker call runs in a fresh *spawned* Python process that reads its inputs
 from disk. ``seconds`` is the wall time of the tracker call in that process (tracking plus SIFT /
 length filtering; no fODF estimation, no scoring). ``peak_mb`` is the peak resident set size of
-the program that tracks: for the MRtrix3 trackers the largest ``ru_maxrss`` of the MRtrix
-commands (``getrusage(RUSAGE_CHILDREN)`` in the worker); for the in-process dipy trackers the
-worker's own ``ru_maxrss`` (Python, dipy and the loaded fODF included). Both values are kept in
-``results.json`` for every run (``rss_self_mb``, ``rss_children_mb``).
+the tracker's process tree (the worker plus the MRtrix3 programs it runs, summed), sampled every
+0.1 s from ``/proc`` by the parent, and never below the worker's exact ``VmHWM``
+(``results.json`` keeps both: ``tree_peak_mb``, ``worker_hwm_mb``). ``getrusage`` is not used: on
+Linux ``ru_maxrss`` survives fork + exec, so a spawned worker (and every program it starts)
+reports at least the RSS its parent had when it forked.
 
 GenTract: issue 5 adds it as one more entry of :data:`TRACKERS` (a function with the same
 signature that samples from the checkpoint given with ``--model``, reading ``inputs.dipy_sh``,
@@ -55,13 +56,12 @@ Run ``python benchmarks/phantom_benchmark.py --help``; ``--quick`` is the CI smo
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import math
 import multiprocessing as mp
 import os
 import platform
-import resource
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -317,45 +317,115 @@ TRACKER_LABELS = {"ifod2": "iFOD2 + SIFT", "sdstream": "SD_Stream + SIFT",
                   "tckglobal": "tckglobal", "dipy-det": "dipy det", "dipy-prob": "dipy prob"}
 
 
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
+MEMORY_METHOD = ("peak RSS of the tracker's process tree (spawned Python worker + the MRtrix3 "
+                 "programs it runs), summed over the tree and sampled every 0.1 s from /proc; "
+                 "never below the worker's own VmHWM")
+
+
+def _read_proc(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def tree_rss_kb(root_pid: int) -> int:
+    """Resident set size (kB) of ``root_pid`` plus all its descendants, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            stat = _read_proc(f"/proc/{d}/stat")
+            if stat:  # "pid (comm) state ppid ...": comm may hold spaces
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        statm = _read_proc(f"/proc/{pid}/statm")
+        if statm:
+            total += int(statm.split()[1]) * PAGE_KB
+        todo += children.get(pid, [])
+    return total
+
+
+def _vm_hwm_kb() -> int:
+    """This process's exact peak RSS since its exec (``VmHWM``). Not ``ru_maxrss``: on Linux
+    that survives fork + exec, so a spawned child would report its parent's RSS."""
+    for line in (_read_proc("/proc/self/status") or "").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def _worker(tracker: str, inputs: dict, condition: dict, n_streamlines: int, seed: int,
-            workdir: str, options: dict, out_file: str) -> dict:
-    """Run one tracker in this (spawned) process; save its streamlines; time and peak RSS."""
+            workdir: str, options: dict, out_file: str, result_file: str) -> None:
+    """Run one tracker in this (spawned) process; save its streamlines and a JSON record
+    (wall time of the tracker call, the worker's VmHWM, tracker metadata) or the error."""
+    import traceback
+
     import nibabel as nib
 
     from gentract_bids.io.tractogram import save_tractogram
 
-    inp = SubjectInputs(**inputs)
-    cond = Condition(condition["name"], CohortSpec(**condition["cohort"]),
-                     condition["fod_noise"], condition["description"])
-    t0 = time.perf_counter()
-    out = TRACKERS[tracker](inp, cond, n_streamlines, seed, workdir, **options)
-    seconds = time.perf_counter() - t0
-    streamlines, meta = out if isinstance(out, tuple) else (out, {})
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    ref = nib.load(inp.mask)
-    save_tractogram(out_file, streamlines, ref.affine, ref.shape[:3])
-    keep = ("Algorithm", "NGenerated", "NAfterSIFT", "NRaw", "NAboveMinLength", "NSeeds",
-            "NTracked", "NStreamlines", "Commands", "Timings", "Parameters", "StoppingCriterion")
-    return {"seconds": seconds, "rss_self_mb": self_kb / 1024, "rss_children_mb": child_kb / 1024,
-            "n_streamlines": len(streamlines),
-            "meta": {k: meta[k] for k in keep if k in meta}}
+    try:
+        inp = SubjectInputs(**inputs)
+        cond = Condition(condition["name"], CohortSpec(**condition["cohort"]),
+                         condition["fod_noise"], condition["description"])
+        t0 = time.perf_counter()
+        out = TRACKERS[tracker](inp, cond, n_streamlines, seed, workdir, **options)
+        seconds = time.perf_counter() - t0
+        streamlines, meta = out if isinstance(out, tuple) else (out, {})
+        hwm_kb = _vm_hwm_kb()
+        ref = nib.load(inp.mask)
+        save_tractogram(out_file, streamlines, ref.affine, ref.shape[:3])
+        keep = ("Algorithm", "FOD", "NGenerated", "NAfterSIFT", "NRaw", "NAboveMinLength",
+                "NSeeds", "NTracked", "NStreamlines", "Commands", "Timings", "Parameters",
+                "StoppingCriterion")
+        rec = {"seconds": seconds, "worker_hwm_mb": hwm_kb / 1024,
+               "n_streamlines": len(streamlines),
+               "meta": _jsonable({k: meta[k] for k in keep if k in meta})}
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        rec = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    Path(result_file).write_text(json.dumps(rec) + "\n")
 
 
 def run_tracker(tracker: str, inputs: SubjectInputs, condition: Condition, n_streamlines: int,
-                seed: int, workdir: Path, options: dict) -> dict:
-    """Run ``tracker`` in a fresh spawned process; return its record (+ ``file``)."""
+                seed: int, workdir: Path, options: dict, interval: float = 0.1) -> dict:
+    """Run ``tracker`` in a fresh spawned process while sampling the RSS of its process tree;
+    return its record (+ ``file``, ``peak_mb``). Raises RuntimeError if the tracker failed."""
+    import threading
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     out_file = workdir / f"{tracker}.trx"
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        rec = pool.submit(_worker, tracker, asdict(inputs), asdict(condition), n_streamlines,
-                          seed, str(workdir), options, str(out_file)).result()
-    mrtrix_based = tracker in ("ifod2", "sdstream", "tckglobal")
-    rec["peak_mb"] = rec["rss_children_mb"] if mrtrix_based else rec["rss_self_mb"]
-    rec["peak_method"] = ("max ru_maxrss of the MRtrix3 commands (RUSAGE_CHILDREN)"
-                          if mrtrix_based else "ru_maxrss of the tracking process (RUSAGE_SELF)")
+    result_file = workdir / "worker_result.json"
+    result_file.unlink(missing_ok=True)
+    proc = mp.get_context("spawn").Process(
+        target=_worker, args=(tracker, asdict(inputs), asdict(condition), n_streamlines, seed,
+                              str(workdir), options, str(out_file), str(result_file)))
+    proc.start()
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_kb(proc.pid))
+            done.wait(interval)
+
+    monitor = threading.Thread(target=sample, daemon=True)
+    monitor.start()
+    proc.join()
+    done.set()
+    monitor.join()
+    if not result_file.exists():
+        raise RuntimeError(f"{tracker} worker died (exit code {proc.exitcode})")
+    rec = json.loads(result_file.read_text())
+    if "error" in rec:
+        raise RuntimeError(rec["error"])
+    rec["tree_peak_mb"] = peak[0] / 1024
+    rec["peak_mb"] = max(rec["tree_peak_mb"], rec["worker_hwm_mb"])
+    rec["peak_method"] = MEMORY_METHOD
     rec["file"] = str(out_file)
     return rec
 
@@ -642,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="TRACKER", help=f"subset of {', '.join(TRACKERS)}")
     p.add_argument("--conditions", nargs="+", default=None, choices=list(CONDITION_ORDER),
                    metavar="CONDITION", help=f"subset of {', '.join(CONDITION_ORDER)}")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep intermediate files (MRtrix DWI copies, raw tractograms)")
     p.add_argument("--model", type=Path, default=None,
                    help="GenTract checkpoint (GenTract sampling arrives with the inference "
                         "workflow)")
@@ -672,9 +744,11 @@ def _machine() -> dict:
 
 
 def run_benchmark(settings: Settings, condition_names: list[str], trackers: list[str],
-                  out: Path, argv=None) -> dict:
+                  out: Path, argv=None, keep_work: bool = False) -> dict:
     """The whole benchmark; writes ``results.json``, ``tables.md`` and
-    ``precision_by_condition.png`` under ``out`` and returns the results dict."""
+    ``precision_by_condition.png`` under ``out`` and returns the results dict. Finished runs,
+    cohorts and fODFs found under ``out`` with the same settings are reused. ``keep_work``: keep
+    the intermediate files of the trackers and of the MRtrix3 fODF estimation."""
     from gentract_bids.io.tractogram import load_tractogram
 
     t_start = time.perf_counter()
@@ -699,6 +773,10 @@ def run_benchmark(settings: Settings, condition_names: list[str], trackers: list
             fods[spec.name, lab] = prepare_fods(cohorts[spec.name], lab,
                                                 out / "work" / spec.name / f"sub-{lab}",
                                                 settings.prep_nthreads, responses=resp)
+            if not keep_work:  # the fODFs are kept as NIfTI; drop MRtrix's DWI copies
+                mdir = out / "work" / spec.name / f"sub-{lab}" / "mrtrix"
+                for junk in [*mdir.glob("*.mif"), mdir / "dwi2response_scratch"]:
+                    shutil.rmtree(junk) if junk.is_dir() else junk.unlink(missing_ok=True)
             prep.append({"cohort": spec.name, "subject": lab,
                          **{k: fods[spec.name, lab][k] for k in
                             ("dipy_csd_seconds", "mrtrix_fod_seconds", "dipy_wm_c00",
@@ -723,7 +801,8 @@ def run_benchmark(settings: Settings, condition_names: list[str], trackers: list
                     continue
                 seed = settings.seed + int(lab)
                 rdir = wdir / cond.name / t
-                key = {"settings": asdict(settings), "seed": seed, "inputs": asdict(inputs)}
+                key = {"settings": asdict(settings), "seed": seed, "inputs": asdict(inputs),
+                       "memory": MEMORY_METHOD}
                 cached = rdir / "record.json"
                 if cached.exists() and json.loads(cached.read_text()).get("key") == key:
                     runs.append(json.loads(cached.read_text())["record"])  # --out reused
@@ -736,6 +815,10 @@ def run_benchmark(settings: Settings, condition_names: list[str], trackers: list
                     rec.update(r)
                     rec.update(score_run(streamlines, root, lab, settings.min_streamlines))
                     cached.write_text(json.dumps(_jsonable({"key": key, "record": rec})) + "\n")
+                    if not keep_work:  # MRtrix intermediates (DWI copies, raw tractograms)
+                        shutil.rmtree(rdir / "work", ignore_errors=True)
+                        for tck in rdir.glob("*.tck"):
+                            tck.unlink()
                     _log(f"{cond.name} sub-{lab} {t}: precision {rec['precision']:.3f}, "
                          f"VB {rec['valid_bundles']}/{rec['n_bundles']}, "
                          f"{rec['seconds']:.0f} s, {rec['peak_mb']:.0f} MB")
@@ -760,6 +843,9 @@ def run_benchmark(settings: Settings, condition_names: list[str], trackers: list
             "tckglobal": "reads the DWI: n/a where the cohort also runs without fODF noise, "
                          "otherwise run on the cohort's DWI",
         },
+        "timing": "seconds = wall time of the tracker call in its spawned worker (tracking + "
+                  "SIFT / length filter; fODF estimation is in preprocessing)",
+        "memory": MEMORY_METHOD,
         "preprocessing": prep, "runs": runs, "summary": summary,
         "machine": dict(_machine(), loadavg_1min_during_run={
             "min": float(np.min(load_samples)), "mean": float(np.mean(load_samples)),
@@ -803,7 +889,7 @@ def main(argv=None) -> int:
         parser.error(f"the ood condition needs the ISBI 2013 geometry ({ISBI_GEOMETRY})")
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     run_benchmark(settings, conditions, args.trackers, args.out,
-                  argv=["benchmarks/phantom_benchmark.py", *argv])
+                  argv=["benchmarks/phantom_benchmark.py", *argv], keep_work=args.keep_work)
     return 0
 
 

@@ -43,6 +43,7 @@ class Workflow:
     trackers: list[str] = field(default_factory=list)  # baselines: ifod2, sdstream, ...
     n_streamlines: int = 100_000
     sift_factor: float = 10.0  # iFOD2/SD_Stream: generate factor x n, then tcksift to n
+    tckglobal_niter: float = 2e7  # tckglobal iterations
     output_format: str = "trx"  # trx | tck | trk
 
 

@@ -26,7 +26,7 @@ TINY = [
     "model.transformer.width=48", "model.transformer.depth=2", "model.transformer.heads=4",
     "model.transformer.n_points=16",
     "data.rotations.per_subject=1",
-    "vae.steps_per_coefficient=3", "vae.patch_size=16",
+    "vae.steps_per_coefficient=2", "vae.patch_size=16", "vae.batch_size=2",
     "generator.batch_size=64", "generator.lr=2.0e-3", "generator.warmup_steps=20",
     "generator.validate_every=100", "generator.checkpoint_every=100",
 ]
@@ -39,11 +39,33 @@ def cohort(tmp_path_factory):
     return root
 
 
-def _train(cohort, run_dir, objective: str, steps: int, extra=()):
-    args = [str(cohort), str(run_dir), "--config", "phantom.yaml", "--random-seed", str(SEED),
-            "--no-progress", "--cache-dir", str(run_dir.parent / "cache"), "--set", *TINY,
-            f"model.objective={objective}", f"generator.steps={steps}", *extra]
-    assert main(args) == 0
+def _args(cohort, run_dir, objective, steps, extra=()):
+    return [str(cohort), str(run_dir), "--config", "phantom.yaml", "--random-seed", str(SEED),
+            "--no-progress", "--threads", "1", "--cache-dir", str(run_dir.parent / "cache"),
+            "--set", *TINY, f"model.objective={objective}", f"generator.steps={steps}", *extra]
+
+
+@pytest.fixture(scope="module")
+def vae_stage(cohort, tmp_path_factory):
+    """The VAE stage, run once (``--stage vae``); generator tests start from a copy of it."""
+    run = tmp_path_factory.mktemp("vae") / "run"
+    assert main(_args(cohort, run, "diffusion", 1) + ["--stage", "vae"]) == 0
+    rows = np.genfromtxt(run / "losses_vae.csv", delimiter=",", names=True)
+    assert sorted(set(rows["coefficient"].astype(int))) == list(range(28))
+    return run
+
+
+def _train(cohort, run_dir, objective: str, steps: int, extra=(), vae_run=None):
+    """``--stage generator`` in ``run_dir`` on top of the module's VAE stage."""
+    import shutil
+
+    (run_dir / "state").mkdir(parents=True, exist_ok=True)
+    for f in (vae_run / "state").glob("vae.*"):
+        shutil.copy(f, run_dir / "state" / f.name)
+    cache = run_dir.parent / "cache"
+    if not cache.exists():
+        shutil.copytree(vae_run.parent / "cache", cache)
+    assert main(_args(cohort, run_dir, objective, steps, extra) + ["--stage", "generator"]) == 0
 
 
 def _mean_mdf(model, sh_z, scaler, truth, n=200, seed=0):
@@ -60,10 +82,10 @@ def _mean_mdf(model, sh_z, scaler, truth, n=200, seed=0):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["diffusion", "flow"])
-def test_tiny_model_learns_one_subject(cohort, tmp_path, objective):
+def test_tiny_model_learns_one_subject(cohort, vae_stage, tmp_path, objective):
     run = tmp_path / "run"
-    _train(cohort, run, objective, steps=400)
-    for name in ("config.yaml", "split.json", "losses_vae.csv", "losses_generator.csv",
+    _train(cohort, run, objective, steps=300, vae_run=vae_stage)
+    for name in ("config.yaml", "split.json", "losses_generator.csv",
                  "losses.png", "summary.json", "checkpoint/gentract.safetensors",
                  "checkpoint/gentract.json"):
         assert (run / name).exists(), name
@@ -95,13 +117,13 @@ def test_tiny_model_learns_one_subject(cohort, tmp_path, objective):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_identically(cohort, tmp_path):
+def test_interrupted_run_resumes_identically(cohort, vae_stage, tmp_path):
     """A run stopped after its first checkpoint and restarted ends with the same weights."""
     from gentract_bids.train import loop
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     extra = ["generator.checkpoint_every=10", "generator.validate_every=10"]
-    _train(cohort, full, "diffusion", steps=20, extra=extra)
+    _train(cohort, full, "diffusion", steps=20, extra=extra, vae_run=vae_stage)
 
     real = loop.train_generator
 
@@ -114,15 +136,13 @@ def test_interrupted_run_resumes_identically(cohort, tmp_path):
 
     loop.train_generator = interrupted
     try:
-        args = [str(cohort), str(cut), "--config", "phantom.yaml", "--random-seed", str(SEED),
-                "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--set", *TINY,
-                "model.objective=diffusion", "generator.steps=20", *extra]
-        assert main(args) != 0  # interrupted
+        with pytest.raises(AssertionError):  # main() returns 1: interrupted
+            _train(cohort, cut, "diffusion", steps=20, extra=extra, vae_run=vae_stage)
     finally:
         loop.train_generator = real
     state = json.loads((cut / "state" / "generator.json").read_text())
     assert state["info"]["step"] == 10
-    _train(cohort, cut, "diffusion", steps=20, extra=extra)  # the same command resumes
+    _train(cohort, cut, "diffusion", steps=20, extra=extra, vae_run=vae_stage)  # resumes
     a, _ = load_checkpoint(full / "checkpoint" / "gentract")
     b, _ = load_checkpoint(cut / "checkpoint" / "gentract")
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="streamlines per tractogram (the SIFT target for iFOD2/SD_Stream)")
     g.add_argument("--sift-factor", type=float, default=10.0,
                    help="iFOD2/SD_Stream generate this many times --n-streamlines before tcksift")
+    g.add_argument("--tckglobal-niter", type=float, default=2e7,
+                   help="tckglobal iterations (MRtrix's default is 1e7 per 1e6 voxels)")
     g.add_argument("--output-format", choices=("trx", "tck", "trk"), default="trx",
                    help="file format of the whole-brain tractograms")
     g = p.add_argument_group("evaluation")
@@ -132,6 +134,7 @@ def parse_args(argv=None) -> Config:
         workflow=Workflow(sh_order=opts.sh_order, csd_method=opts.csd_method,
                           csd_shell=opts.csd_shell, trackers=list(dict.fromkeys(opts.tracker)),
                           n_streamlines=opts.n_streamlines, sift_factor=opts.sift_factor,
+                          tckglobal_niter=opts.tckglobal_niter,
                           output_format=opts.output_format),
         evaluation=Evaluation(
             mode=opts.eval_mode,

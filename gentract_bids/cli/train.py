@@ -48,6 +48,9 @@ def build_parser():
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where fODFs on the canonical grid are cached (default: RUN_DIR/cache)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice, all cores); 1 is faster "
+                        "on a machine busy with other work")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--version", action="version", version=f"gentract {__version__}")
@@ -148,6 +151,8 @@ def train(opts) -> dict:
     resolved = {"recipe": recipe, "bids_dir": str(bids_dir), "reference": str(reference),
                 "random_seed": opts.random_seed}
     _write_yaml_once(run_dir / "config.yaml", resolved, "configuration")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     rank, world, device = init_distributed(resolve_device(opts.device))
     torch.manual_seed(opts.random_seed)
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -40,7 +40,7 @@ class _MRtrixTrackInputSpec(BaseInterfaceInputSpec):
     n_streamlines = traits.Int(100_000, usedefault=True)
     sift_factor = traits.Float(10.0, usedefault=True)
     fod_method = traits.Enum("csd", "msmt", usedefault=True)
-    niter = traits.Float(5e7, usedefault=True, desc="tckglobal iterations")
+    niter = traits.Float(2e7, usedefault=True, desc="tckglobal iterations")
     random_seed = traits.Either(None, traits.Int, default=None, usedefault=True)
     nthreads = traits.Int(1, usedefault=True)
     out_format = traits.Enum("trx", "tck", "trk", usedefault=True)

@@ -255,8 +255,7 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
     step_module = GeneratorStep(model).to(device).train()
     trainable = [p for p in step_module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(settings.warmup_steps,
-                                                              settings.steps))
+    lr_at = _lr_lambda(settings.warmup_steps, settings.steps)
     wrapped = step_module
     if ctx.world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(
@@ -269,8 +268,6 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
     start = int(info["step"])
     if start:
         LOG.warning("resuming the generator stage at step %d of %d", start, settings.steps)
-        sched.last_epoch = start - 1
-        sched.step()
         log.truncate_after("step", start)
     t0 = time.perf_counter()
     bar = _progress(settings.steps, start, "generator", ctx.progress and ctx.is_main)
@@ -280,6 +277,9 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
         torch.manual_seed(int(tg.initial_seed()))
         pair = train_pairs[rng.integers(len(train_pairs))]
         x1 = torch.from_numpy(data.sample_batch(pair, settings.batch_size, rng)).to(device)
+        lr = settings.lr * lr_at(step)  # a function of the step: nothing to restore on resume
+        for group in opt.param_groups:
+            group["lr"] = lr
         ts = time.perf_counter()
         with autocast(device):
             loss = wrapped(latents[pair].to(device), x1, tg)
@@ -288,10 +288,9 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
         opt.step()
-        sched.step()
         rate = settings.batch_size * ctx.world_size / max(time.perf_counter() - ts, 1e-9)
         recent = (recent + [float(loss.detach())])[-50:]
-        row = {"step": step, "loss": recent[-1], "lr": sched.get_last_lr()[0],
+        row = {"step": step, "loss": recent[-1], "lr": lr,
                "streamlines_per_s": rate}
         last = step + 1 == settings.steps
         if ctx.is_main and ((step + 1) % settings.validate_every == 0 or last):

@@ -105,6 +105,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         model = TRACKERS[tracker][0]
         track_wf = init_baseline_tracking_wf(
             tracker=tracker, n_streamlines=wcfg.n_streamlines, sift_factor=wcfg.sift_factor,
+            tckglobal_niter=wcfg.tckglobal_niter,
             seed=config.seeds.numpy % (2**31), omp_nthreads=ex.omp_nthreads,
             use_tissue_maps=tissue is not None, output_format=wcfg.output_format,
         )

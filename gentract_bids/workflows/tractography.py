@@ -20,6 +20,7 @@ def init_baseline_tracking_wf(
     tracker: str,
     n_streamlines: int,
     sift_factor: float = 10.0,
+    tckglobal_niter: float = 2e7,
     seed: int = 0,
     omp_nthreads: int = 1,
     use_tissue_maps: bool = False,
@@ -44,7 +45,8 @@ def init_baseline_tracking_wf(
                          name="outputnode")
     if engine == "mrtrix":
         track = pe.Node(MRtrixTrack(algorithm=tracker, n_streamlines=n_streamlines,
-                                    sift_factor=sift_factor, random_seed=seed,
+                                    sift_factor=sift_factor, niter=tckglobal_niter,
+                                    random_seed=seed,
                                     nthreads=omp_nthreads, out_format=output_format),
                         name="track", n_procs=omp_nthreads)
         links = [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
@@ -53,6 +55,7 @@ def init_baseline_tracking_wf(
             links.append(("wm_pve_file", "wm_pve_file"))
     else:
         track = pe.Node(DipyTrack(kind=tracker.split("-")[1], n_streamlines=n_streamlines,
+                                  seeds_per_voxel=2,  # 1 per voxel can fall short of n
                                   random_seed=seed, out_format=output_format),
                         name="track")
         links = [("fod_file", "fod_file"), ("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
