@@ -116,6 +116,18 @@ def _labels_from_winner(winner, names, degenerate) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- waypoint atlas
+def _winners(accepted, cost, flip_all, names, degenerate):
+    """Per streamline: the winning bundle's label, its orientation flag and its score."""
+    n = accepted.shape[1]
+    winner = _resolve_conflicts(accepted, cost)
+    labels = _labels_from_winner(winner, names, degenerate)
+    cols = np.arange(n)
+    w = np.maximum(winner, 0)
+    flipped = np.where(winner >= 0, flip_all[w, cols], False) if n else np.zeros(0, bool)
+    scores = np.where(winner >= 0, cost[w, cols], np.nan) if n else np.zeros(0)
+    return labels, flipped, scores
+
+
 @dataclass
 class WaypointBundle:
     """One bundle's definition; masks are boolean arrays on the atlas grid (subject space).
@@ -418,12 +430,7 @@ def recognize_waypoints(streamlines, atlas: WaypointAtlas, affine=None, *, dist_
         cost[b, idx] = dsum / np.maximum(nterm, 1)
         flip_all[b, idx] = flip
 
-    winner = _resolve_conflicts(accepted, cost)
-    labels = _labels_from_winner(winner, names, degenerate)
-    cols = np.arange(n)
-    w = np.maximum(winner, 0)
-    flipped = np.where(winner >= 0, flip_all[w, cols], False) if n else np.zeros(0, bool)
-    scores = np.where(winner >= 0, cost[w, cols], np.nan) if n else np.zeros(0)
+    labels, flipped, scores = _winners(accepted, cost, flip_all, names, degenerate)
     params = {"dist_mm": float(dist_mm), "endpoint_dist_mm": float(endpoint_dist_mm),
               "ordered": bool(ordered), "min_streamlines": int(min_streamlines)}
     return _finish("waypoints", labels, names, flipped, scores, min_streamlines, params)
@@ -539,12 +546,7 @@ def recognize_recobundles(streamlines, model_bundles: dict, *, model_clust_thr: 
             accepted[b, orig] = True
             cost[b, orig] = d
             flip_all[b, orig] = fl
-    winner = _resolve_conflicts(accepted, cost)
-    labels = _labels_from_winner(winner, names, degenerate)
-    cols = np.arange(n)
-    w = np.maximum(winner, 0)
-    flipped = np.where(winner >= 0, flip_all[w, cols], False) if n else np.zeros(0, bool)
-    scores = np.where(winner >= 0, cost[w, cols], np.nan) if n else np.zeros(0)
+    labels, flipped, scores = _winners(accepted, cost, flip_all, names, degenerate)
     params = {"model_clust_thr": model_clust_thr, "reduction_thr": reduction_thr,
               "pruning_thr": pruning_thr, "clust_thr": clust_thr, "min_length_mm": min_length_mm,
               "slr": bool(slr), "slr_select": list(slr_select),

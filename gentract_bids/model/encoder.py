@@ -10,14 +10,15 @@ with its index i; the index is a learned embedding that modulates EVERY residual
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from ._config import ConfigDict
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(ConfigDict):
     channels: tuple[int, ...] = (32, 64)
     out_channels: int = 8
     emb_dim: int = 32
@@ -34,17 +35,6 @@ class EncoderConfig:
     def n_down(self) -> int:
         return int(math.log2(self.downsample))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown encoder config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 def _groups(channels: int, wanted: int) -> int:

@@ -18,15 +18,16 @@ cache is broadcast to any batch with ``expand`` (no copy).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from ._config import ConfigDict
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(ConfigDict):
     width: int = 128
     depth: int = 4
     heads: int = 4
@@ -39,15 +40,6 @@ class TransformerConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TransformerConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown transformer config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------- encodings

@@ -12,7 +12,7 @@ it the term is absent. Nothing is ever downloaded.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import Tensor, nn
+from ._config import ConfigDict
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(ConfigDict):
     channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = 4
     num_res_blocks: int = 1
@@ -45,18 +46,6 @@ class VAEConfig:
         """Spatial downsampling factor of the encoder."""
         return 2 ** (len(self.channels) - 1)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown VAE config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL:
