@@ -14,13 +14,11 @@ from nipype.interfaces.base import (
     OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
 
+from . import optional
 
-def _opt(value):
-    return value if isdefined(value) and value not in (None, "") else None
 
 
 class _EvaluateInputSpec(BaseInterfaceInputSpec):
@@ -69,12 +67,13 @@ class EvaluateTractogram(SimpleInterface):
         ref = nb.load(i.reference)
         affine, shape = ref.affine, ref.shape[:3]
         streamlines, _ = load_tractogram(i.tractogram)
-        mask = (np.asanyarray(nb.load(i.mask_file).dataobj) > 0) if _opt(i.mask_file) else None
+        mask = (np.asanyarray(nb.load(i.mask_file).dataobj) > 0) if optional(i.mask_file) else None
         truth = load_groundtruth(i.truth_dir, i.subject) if i.mode == "groundtruth" else None
         ev = evaluate_tractogram(
             streamlines, affine, shape, mode=i.mode, truth=truth, brain_mask=mask,
-            waypoint_atlas=_opt(i.waypoint_atlas), recobundles_models=_opt(i.recobundles_models),
-            bundleseg_atlas=_opt(i.bundleseg_atlas), use_pyafq=i.use_pyafq,
+            waypoint_atlas=optional(i.waypoint_atlas),
+            recobundles_models=optional(i.recobundles_models),
+            bundleseg_atlas=optional(i.bundleseg_atlas), use_pyafq=i.use_pyafq,
             min_streamlines=i.min_streamlines, seed=i.seed, work_dir=cwd / "atlas",
         )
         seconds = time.perf_counter() - t0

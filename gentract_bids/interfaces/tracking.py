@@ -11,13 +11,11 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
 
+from . import optional
 
-def _opt(value):
-    return value if isdefined(value) and value is not None else None
 
 
 def _save(streamlines, ref_file, fmt) -> str:
@@ -62,15 +60,16 @@ class MRtrixTrack(SimpleInterface):
 
         i = self.inputs
         work = Path(runtime.cwd) / "mrtrix"
-        common = dict(nthreads=i.nthreads, random_seed=_opt(i.random_seed), workdir=work)
+        common = dict(nthreads=i.nthreads, random_seed=optional(i.random_seed), workdir=work)
         args = (i.dwi_file, i.bval_file, i.bvec_file, i.mask_file, work / f"{i.algorithm}.tck")
         if i.algorithm == "tckglobal":
             sl, meta = mrtrix.run_tckglobal(*args, niter=i.niter, n_streamlines=i.n_streamlines,
                                             **common)
         else:
             sl, meta = mrtrix.run_local(i.algorithm, *args, n_streamlines=i.n_streamlines,
-                                        sift_factor=i.sift_factor, wm_pve=_opt(i.wm_pve_file),
-                                        wm_fod=_opt(i.wm_fod), fod_method=i.fod_method, **common)
+                                        sift_factor=i.sift_factor, wm_pve=optional(i.wm_pve_file),
+                                        wm_fod=optional(i.wm_fod), fod_method=i.fod_method,
+                                        **common)
         self._results["out_file"] = _save(sl, i.mask_file, i.out_format)
         self._results["metadata"] = meta
         return runtime
@@ -109,12 +108,12 @@ class DipyTrack(SimpleInterface):
 
         i = self.inputs
         img = nb.load(i.fod_file)
-        load = (lambda f: np.asanyarray(nb.load(f).dataobj, np.float32) if _opt(f) else None)
+        load = (lambda f: np.asanyarray(nb.load(f).dataobj, np.float32) if optional(f) else None)
         maps = {k: load(getattr(i, f"{k}_file")) for k in ("wm_pve", "gm_pve", "csf_pve",
                                                            "wm_mask")}
         source = "given"
         if maps["wm_pve"] is None and maps["wm_mask"] is None:
-            if not all(_opt(f) for f in (i.dwi_file, i.bval_file, i.bvec_file, i.mask_file)):
+            if not all(optional(f) for f in (i.dwi_file, i.bval_file, i.bvec_file, i.mask_file)):
                 raise ValueError("DipyTrack needs tissue maps, a WM mask, or the DWI + mask")
             from ..fodf.csd import make_gtab
             from ..io.dwi import read_dwi
@@ -126,8 +125,8 @@ class DipyTrack(SimpleInterface):
             source = "estimated from the DWI (estimate_tissue_maps)"
         sl, meta = track_dipy(np.asanyarray(img.dataobj, np.float32), img.affine, kind=i.kind,
                               seeds_per_voxel=i.seeds_per_voxel, step_mm=i.step_mm,
-                              max_angle=i.max_angle, n_streamlines=_opt(i.n_streamlines),
-                              max_seeds=_opt(i.max_seeds), random_seed=i.random_seed, **maps)
+                              max_angle=i.max_angle, n_streamlines=optional(i.n_streamlines),
+                              max_seeds=optional(i.max_seeds), random_seed=i.random_seed, **maps)
         meta["TissueMaps"] = source
         self._results["out_file"] = _save(sl, i.fod_file, i.out_format)
         self._results["metadata"] = meta
