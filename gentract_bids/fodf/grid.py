@@ -56,6 +56,24 @@ def resample_to_grid(volume, affine_in, affine_out, shape_out, order=1):
     return out[..., 0] if vol.ndim == 3 else out
 
 
+def to_canonical(sh, sh_affine, mask, mask_affine=None, spacing=CANONICAL_SPACING,
+                 shape=CANONICAL_SHAPE):
+    """A subject's SH coefficients (X, Y, Z, m) in its voxel frame -> the canonical grid.
+
+    Coefficients are re-expressed in the RAS+ world frame (:func:`fodf.rotation.sh_to_world_frame`,
+    a no-op for axis-aligned RAS+ data), then resampled trilinearly; the brain ``mask`` (on
+    ``mask_affine``, default ``sh_affine``) by nearest neighbour. Training and inference both use
+    this. Returns ``(sh float32 (X', Y', Z', m), mask bool (X', Y', Z'), affine)``."""
+    from .rotation import sh_to_world_frame
+
+    affine, shape = canonical_grid(spacing, tuple(shape))
+    sh_c = resample_to_grid(sh_to_world_frame(np.asarray(sh), sh_affine), sh_affine, affine, shape,
+                            order=1)
+    m_aff = sh_affine if mask_affine is None else mask_affine
+    mask_c = resample_to_grid(np.asarray(mask).astype(np.uint8), m_aff, affine, shape, order=0) > 0
+    return sh_c.astype(np.float32, copy=False), mask_c, affine
+
+
 def zscore_stats(sh, mask):
     """Mean and standard deviation of every coefficient over the voxels of ``mask``.
 

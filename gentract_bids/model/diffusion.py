@@ -49,13 +49,14 @@ class DiffusionObjective:
     name = "diffusion"
 
     def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START,
-                 beta_end: float = BETA_END, clip_sample: bool = True):
+                 beta_end: float = BETA_END, clip_sample: bool = True, clip_range: float = 1.0):
         kw = dict(num_train_timesteps=num_train_timesteps, schedule=SCHEDULE,
                   beta_start=beta_start, beta_end=beta_end, prediction_type="epsilon")
         self.train_scheduler = DDPMScheduler(clip_sample=clip_sample, **kw)
         self.sample_scheduler = DDIMScheduler(clip_sample=clip_sample, set_alpha_to_one=True, **kw)
         self.num_train_timesteps = num_train_timesteps
-        self.clip_sample = clip_sample  # clamp predicted x0 to [-1, 1] (coordinates are scaled there)
+        self.clip_sample = clip_sample  # clamp predicted x0 to [-clip_range, clip_range]
+        self.clip_range = float(clip_range)  # the data range: coordinates in [-1, 1] x data_scale
 
     @property
     def betas(self) -> Tensor:
@@ -88,7 +89,7 @@ class DiffusionObjective:
         x = torch.randn(tuple(shape), generator=generator, device=gdev).to(device)
         ts = self.timesteps(steps)
         acp = self.sample_scheduler.alphas_cumprod
-        clip = (-1.0, 1.0) if self.clip_sample else None
+        clip = (-self.clip_range, self.clip_range) if self.clip_sample else None
         for k, t in enumerate(ts):
             alpha_prev = acp[ts[k + 1]] if k + 1 < len(ts) else self.sample_scheduler.final_alpha_cumprod
             eps = model_fn(x, torch.full((x.shape[0],), float(t), device=x.device))

@@ -40,7 +40,8 @@ class GenTractConfig:
     objective: str = "diffusion"  # diffusion | flow
     steps: int = 10  # default sampling steps
     flow_method: str = "euler"  # euler | midpoint (flow objective)
-    clip_sample: bool = True  # diffusion: clamp the predicted x0 to [-1, 1] while sampling
+    clip_sample: bool = True  # diffusion: clamp the predicted x0 to the data range while sampling
+    data_scale: float = 1.0  # the objective sees coordinates x·data_scale (in [-s, s]), see below
     vae: VAEConfig = field(default_factory=VAEConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -52,6 +53,8 @@ class GenTractConfig:
                              f"coefficients, not {self.n_coeffs}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not self.data_scale > 0:
+            raise ValueError(f"data_scale must be positive, got {self.data_scale}")
         if self.flow_method not in METHODS:
             raise ValueError(f"flow_method must be one of {METHODS}, got {self.flow_method!r}")
 
@@ -94,7 +97,8 @@ class GenTract(nn.Module):
         self.encoder = ConditionedEncoder(m, cfg.vae.latent_channels, cfg.encoder)
         self.transformer = StreamlineTransformer(cfg.transformer, self.encoder.out_features)
         if cfg.objective == "diffusion":
-            self.objective = DiffusionObjective(clip_sample=cfg.clip_sample)
+            self.objective = DiffusionObjective(clip_sample=cfg.clip_sample,
+                                                clip_range=float(cfg.data_scale))
         else:
             self.objective = FlowMatchingObjective(cfg.flow_method)
         self.context_grid_shape = self.token_grid(cfg.grid_shape)
@@ -143,7 +147,8 @@ class GenTract(nn.Module):
         batch 1 (broadcast to B) or B. Gradients flow into E^c through ``context``."""
         if context.shape[0] not in (1, x1_batch.shape[0]):
             raise ValueError(f"context batch {context.shape[0]} vs streamline batch {x1_batch.shape[0]}")
-        return self.objective.loss(self.model_fn(context), x1_batch, generator=generator)
+        x1 = x1_batch * self.config.data_scale
+        return self.objective.loss(self.model_fn(context), x1, generator=generator)
 
     # -- sampling ------------------------------------------------------------------------------
     def _resolve_sampler(self, sampler: str | None) -> str:
@@ -188,7 +193,7 @@ class GenTract(nn.Module):
                     out = self.objective.sample(fn, shape, steps=steps, method=flow_method,
                                                 generator=generator, device=device)
                 done += b
-                yield out
+                yield out / self.config.data_scale
         finally:
             self.train(was_training)
 
