@@ -63,7 +63,8 @@ def to_canonical(sh, sh_affine, mask, mask_affine=None, spacing=CANONICAL_SPACIN
     Coefficients are re-expressed in the RAS+ world frame (:func:`fodf.rotation.sh_to_world_frame`,
     a no-op for axis-aligned RAS+ data), then resampled trilinearly; the brain ``mask`` (on
     ``mask_affine``, default ``sh_affine``) by nearest neighbour. Training and inference both use
-    this. Returns ``(sh float32 (X', Y', Z', m), mask bool (X', Y', Z'), affine)``."""
+    this. ``mask`` is read as ``mask != 0`` (threshold it first if it is not binary). Returns
+    ``(sh float32 (X', Y', Z', m), mask bool (X', Y', Z'), affine)``."""
     from .rotation import sh_to_world_frame
 
     affine, shape = canonical_grid(spacing, tuple(shape))
@@ -71,7 +72,7 @@ def to_canonical(sh, sh_affine, mask, mask_affine=None, spacing=CANONICAL_SPACIN
                             order=1)
     m_aff = sh_affine if mask_affine is None else mask_affine
     mask_c = resample_to_grid(np.asarray(mask).astype(np.uint8), m_aff, affine, shape, order=0) > 0
-    return sh_c.astype(np.float32, copy=False), mask_c, affine
+    return sh_c, mask_c, affine
 
 
 def zscore_stats(sh, mask):

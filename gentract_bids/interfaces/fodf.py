@@ -152,20 +152,15 @@ class CanonicalFOD(SimpleInterface):
     output_spec = _CanonicalOutputSpec
 
     def _run_interface(self, runtime):
-        from ..fodf.grid import canonical_grid, resample_to_grid, zscore, zscore_stats
-        from ..fodf.rotation import sh_to_world_frame
+        from ..fodf.grid import to_canonical, zscore, zscore_stats
 
         t0 = time.perf_counter()
         fod_img = nb.load(self.inputs.fod_file)
         mask_img = nb.load(self.inputs.mask_file)
-        affine, shape = canonical_grid(self.inputs.spacing, tuple(self.inputs.shape))
-        # voxel-frame coefficients -> RAS+ world frame (the canonical grid's), as in training
-        sh_world = sh_to_world_frame(np.asanyarray(fod_img.dataobj), fod_img.affine)
-        sh = resample_to_grid(sh_world, fod_img.affine, affine, shape)
-        mask = resample_to_grid(
-            np.asanyarray(mask_img.dataobj).astype(np.float32), mask_img.affine, affine, shape,
-            order=0,
-        ) > 0.5
+        # voxel-frame coefficients -> RAS+ world frame -> canonical grid, exactly as in training
+        sh, mask, affine = to_canonical(np.asanyarray(fod_img.dataobj), fod_img.affine,
+                                        np.asanyarray(mask_img.dataobj) > 0.5, mask_img.affine,
+                                        self.inputs.spacing, tuple(self.inputs.shape))
         if self.inputs.stats_file:
             stats = json.loads(Path(self.inputs.stats_file).read_text())
             mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
@@ -179,7 +174,7 @@ class CanonicalFOD(SimpleInterface):
             "Resampling": "coefficients rotated from the voxel (ijk) frame to RAS+ world axes, "
                           "then trilinear interpolation of each SH coefficient (world space)",
             "VoxelSize": [self.inputs.spacing] * 3,
-            "GridShape": list(shape),
+            "GridShape": list(mask.shape),
             "ZScore": {"Statistics": source, "Mean": mean.tolist(), "Std": std.tolist(),
                        "Background": 0.0},
             "Timings": {"CanonicalSeconds": round(time.perf_counter() - t0, 3)},

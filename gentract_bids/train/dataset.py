@@ -228,8 +228,7 @@ def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None):
 
     Returns ``(sh float32 (X, Y, Z, m), mask bool (X, Y, Z), affine (4, 4))``."""
     from ..fodf.csd import compute_brain_mask, fit_csd, make_gtab
-    from ..fodf.grid import canonical_grid, resample_to_grid
-    from ..fodf.rotation import sh_to_world_frame
+    from ..fodf.grid import to_canonical
     from ..io.dwi import read_dwi
 
     st = _fod_settings(cfg)
@@ -254,10 +253,8 @@ def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None):
     else:
         mask = compute_brain_mask(dwi.data, gtab)
     sh, _ = fit_csd(dwi.data, gtab, mask, sh_order=st["sh_order"], method=st["csd_method"])
-    sh = sh_to_world_frame(sh, dwi.affine)
-    affine, shape = canonical_grid(st["grid_spacing"], tuple(st["grid_shape"]))
-    sh_c = resample_to_grid(sh, dwi.affine, affine, shape, order=1)
-    mask_c = resample_to_grid(mask.astype(np.uint8), dwi.affine, affine, shape, order=0) > 0
+    sh_c, mask_c, affine = to_canonical(sh, dwi.affine, mask, spacing=st["grid_spacing"],
+                                        shape=st["grid_shape"])
     LOG.info("sub-%s: fODF on the canonical grid in %.1f s", source.label,
              time.perf_counter() - t0)
     if cache is not None:
