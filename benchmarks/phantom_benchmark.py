@@ -46,9 +46,11 @@ the tracker's process tree (the worker plus the MRtrix3 programs it runs, summed
 Linux ``ru_maxrss`` survives fork + exec, so a spawned worker (and every program it starts)
 reports at least the RSS its parent had when it forked.
 
-GenTract: issue 5 adds it as one more entry of :data:`TRACKERS` (a function with the same
-signature that samples from the checkpoint given with ``--model``, reading ``inputs.dipy_sh``,
-which carries the condition's noise). Until then ``--model`` stops with a usage error.
+GenTract: ``gentract`` samples from the checkpoint given with ``--model`` (default: the shipped
+one), reading ``inputs.dipy_sh`` (which carries the condition's noise) through the app's own
+canonical-grid, z-scoring and sampling code; ``gentract-other`` / ``gentract-zero`` are the context
+ablations (the next subject's fODF / an all-zero volume). They are not in the default tracker list
+of a run unless named with ``--trackers``.
 
 Run ``python benchmarks/phantom_benchmark.py --help``; ``--quick`` is the CI smoke run.
 """
@@ -147,6 +149,8 @@ class Settings:
     min_streamlines: int = 10  # a bundle counts in VB with at least this many valid streamlines
 
     def tracker_options(self, tracker: str) -> dict:
+        if tracker.startswith("gentract"):
+            return {}  # the checkpoint comes with run_benchmark's gentract_options
         if tracker in ("ifod2", "sdstream"):
             return {"sift_factor": self.sift_factor, "nthreads": self.nthreads}
         if tracker == "tckglobal":
@@ -299,10 +303,67 @@ def track_dipy_prob(inputs, condition, n_streamlines, seed, workdir, **options):
     return track_dipy_kind("prob", inputs, condition, n_streamlines, seed, workdir, **options)
 
 
+CONTEXTS = ("own", "other", "zero")
+
+
+def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=None,
+                   context: str = "own", steps=None):
+    """GenTract sampling from the checkpoint ``model`` (default: the shipped one), conditioned on
+    ``inputs.dipy_sh`` (the condition's fODF, noise included) through the app's own code: the
+    canonical grid (:func:`fodf.grid.to_canonical`), the model's z-score statistics and
+    :func:`model.inference.sample_tractogram`. ``context`` is the ablation of issue 5: ``own``
+    (the subject's fODF), ``other`` (the next subject's fODF of the same cohort and condition) or
+    ``zero`` (an all-zero z-scored volume: no anatomy at all)."""
+    from gentract_bids.fodf.grid import to_canonical, zscore
+    from gentract_bids.io.tractogram import load_tractogram
+    from gentract_bids.model.inference import load_model, sample_tractogram
+
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    net, meta = load_model(model)
+    cfg = net.config
+    sh_file, mask_file = inputs.dipy_sh, inputs.mask
+    if context == "other":  # the next subject of the same cohort (wrapping around)
+        labels = sorted(p.name[4:] for p in Path(inputs.cohort_root).glob("sub-*") if p.is_dir())
+        other = labels[(labels.index(inputs.subject) + 1) % len(labels)]
+        if other == inputs.subject:
+            raise ValueError("the 'other' context needs a cohort of at least 2 subjects")
+        sh_file = sh_file.replace(f"sub-{inputs.subject}", f"sub-{other}")
+        mask_file = subject_files(Path(inputs.cohort_root), other)["mask"]
+    sh, affine = _load(sh_file)
+    mask, mask_affine = _load(mask_file)
+    sh_c, mask_c, _ = to_canonical(sh, affine, mask > 0, mask_affine, cfg.grid_spacing,
+                                   cfg.grid_shape)
+    z = zscore(sh_c, np.asarray(meta["zscore"]["mean"]), np.asarray(meta["zscore"]["std"]), mask_c)
+    if context == "zero":
+        z = np.zeros_like(z)
+    out = Path(workdir) / "gentract_raw.trx"
+    info = sample_tractogram(net, meta, z, out, n_streamlines=n_streamlines, steps=steps,
+                             seed=seed, ref_affine=mask_affine, ref_shape=mask.shape[:3])
+    streamlines, _ = load_tractogram(out)
+    out.unlink()
+    return list(streamlines), {
+        "Parameters": {"context": context, "sampler": info["Sampler"], "steps": info["Steps"],
+                       "sha256": info["Model"]["SHA256"], "batch_size": info["BatchSize"]},
+        "Timings": info["Timings"]}
+
+
+def _gentract_variant(context: str):
+    def track(inputs, condition, n_streamlines, seed, workdir, **options):
+        return track_gentract(inputs, condition, n_streamlines, seed, workdir, context=context,
+                              **options)
+
+    track.__doc__ = f"GenTract sampling with the {context} subject's context."
+    return track
+
+
 # name -> fn(inputs, condition, n_streamlines, seed, workdir, **options) -> streamlines
-# (a list of (n, 3) RAS+ mm arrays) or (streamlines, metadata). GenTract (issue 5) is one more
-# entry here, reading inputs.dipy_sh; see the module docstring.
+# (a list of (n, 3) RAS+ mm arrays) or (streamlines, metadata). The gentract entries read
+# inputs.dipy_sh (and the checkpoint given with --model).
 TRACKERS = {
+    "gentract": _gentract_variant("own"),
+    "gentract-other": _gentract_variant("other"),
+    "gentract-zero": _gentract_variant("zero"),
     "ifod2": track_ifod2,
     "sdstream": track_sdstream,
     "tckglobal": track_tckglobal,
@@ -313,7 +374,10 @@ TRACKERS = {
 # trackers that read "dwi" get no fODF noise (see dwi_tracker_status)
 TRACKER_READS = {"ifod2": "mrtrix_fod", "sdstream": "mrtrix_fod", "tckglobal": "dwi"}
 DWI_TRACKERS = {t for t, field_ in TRACKER_READS.items() if field_ == "dwi"}
-TRACKER_LABELS = {"ifod2": "iFOD2 + SIFT", "sdstream": "SD_Stream + SIFT",
+GENTRACT_TRACKERS = ("gentract", "gentract-other", "gentract-zero")
+BASELINES = [t for t in TRACKERS if t not in GENTRACT_TRACKERS]
+TRACKER_LABELS = {"gentract": "GenTract", "gentract-other": "GenTract, other subject's context",
+                  "gentract-zero": "GenTract, zero context", "ifod2": "iFOD2 + SIFT", "sdstream": "SD_Stream + SIFT",
                   "tckglobal": "tckglobal", "dipy-det": "dipy det", "dipy-prob": "dipy prob"}
 
 
@@ -708,15 +772,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fod-sigma", type=float, default=d.fod_sigma,
                    help="the paper's Rician sigma on the (dipy CSD) fODF")
     p.add_argument("--low-snr", type=float, default=d.low_snr)
-    p.add_argument("--trackers", nargs="+", default=list(TRACKERS), choices=list(TRACKERS),
+    p.add_argument("--trackers", nargs="+", default=list(BASELINES), choices=list(TRACKERS),
                    metavar="TRACKER", help=f"subset of {', '.join(TRACKERS)}")
     p.add_argument("--conditions", nargs="+", default=None, choices=list(CONDITION_ORDER),
                    metavar="CONDITION", help=f"subset of {', '.join(CONDITION_ORDER)}")
     p.add_argument("--keep-work", action="store_true",
                    help="keep intermediate files (MRtrix DWI copies, raw tractograms)")
     p.add_argument("--model", type=Path, default=None,
-                   help="GenTract checkpoint (GenTract sampling arrives with the inference "
-                        "workflow)")
+                   help="GenTract checkpoint of the gentract trackers (default: the shipped one)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="GenTract sampling steps (default: the checkpoint's)")
     return p
 
 
@@ -744,7 +809,8 @@ def _machine() -> dict:
 
 
 def run_benchmark(settings: Settings, condition_names: list[str], trackers: list[str],
-                  out: Path, argv=None, keep_work: bool = False) -> dict:
+                  out: Path, argv=None, keep_work: bool = False,
+                  gentract_options: dict | None = None) -> dict:
     """The whole benchmark; writes ``results.json``, ``tables.md`` and
     ``precision_by_condition.png`` under ``out`` and returns the results dict. Finished runs,
     cohorts and fODFs found under ``out`` with the same settings are reused. ``keep_work``: keep
@@ -803,14 +869,17 @@ def run_benchmark(settings: Settings, condition_names: list[str], trackers: list
                 rdir = wdir / cond.name / t
                 key = {"settings": asdict(settings), "seed": seed, "inputs": asdict(inputs),
                        "memory": MEMORY_METHOD}
+                options = settings.tracker_options(t)
+                if t in GENTRACT_TRACKERS:  # a new checkpoint (sha256) makes new runs
+                    options.update(gentract_options or {})
+                    key["gentract"] = _jsonable(options)
                 cached = rdir / "record.json"
                 if cached.exists() and json.loads(cached.read_text()).get("key") == key:
                     runs.append(json.loads(cached.read_text())["record"])  # --out reused
                     _log(f"{cond.name} sub-{lab} {t}: reused {cached}")
                     continue
                 try:
-                    r = run_tracker(t, inputs, cond, settings.n_streamlines, seed, rdir,
-                                    settings.tracker_options(t))
+                    r = run_tracker(t, inputs, cond, settings.n_streamlines, seed, rdir, options)
                     streamlines, _ = load_tractogram(r["file"])
                     rec.update(r)
                     rec.update(score_run(streamlines, root, lab, settings.min_streamlines))
@@ -880,8 +949,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model is not None:
-        parser.error("--model: GenTract sampling arrives with the inference workflow")
+    gentract = [t for t in args.trackers if t in GENTRACT_TRACKERS]
+    gentract_options = {}
+    if gentract:
+        from gentract_bids.io.checkpoint import read_checkpoint_metadata
+        from gentract_bids.model.inference import SHIPPED_MODEL
+
+        model = args.model or SHIPPED_MODEL
+        gentract_options = {"model": str(model), "steps": args.steps,
+                            "sha256": read_checkpoint_metadata(model)["sha256"]}
     if args.n_subjects < 1 or args.n_streamlines < 1 or args.sift_factor < 1:
         parser.error("--n-subjects and --n-streamlines must be positive, --sift-factor >= 1")
     settings, conditions = settings_from_args(args)
@@ -889,7 +965,8 @@ def main(argv=None) -> int:
         parser.error(f"the ood condition needs the ISBI 2013 geometry ({ISBI_GEOMETRY})")
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     run_benchmark(settings, conditions, args.trackers, args.out,
-                  argv=["benchmarks/phantom_benchmark.py", *argv], keep_work=args.keep_work)
+                  argv=["benchmarks/phantom_benchmark.py", *argv], keep_work=args.keep_work,
+                  gentract_options=gentract_options)
     return 0
 
 

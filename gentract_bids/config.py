@@ -40,7 +40,7 @@ class Workflow:
     csd_shell: float | None = None  # b-value for single-shell CSD on multi-shell data
     grid_spacing: float = 1.875
     grid_shape: tuple[int, int, int] = (80, 96, 80)
-    trackers: list[str] = field(default_factory=list)  # baselines: ifod2, sdstream, ...
+    trackers: list[str] = field(default_factory=list)  # gentract and/or baselines (ifod2, ...)
     n_streamlines: int = 100_000
     sift_factor: float = 10.0  # iFOD2/SD_Stream: generate factor x n, then tcksift to n
     tckglobal_niter: float = 2e7  # tckglobal iterations
@@ -60,9 +60,10 @@ class Evaluation:
 @dataclass
 class Model:
     path: Path | None = None  # None: the shipped checkpoint
-    sha256: str | None = None
-    sampler: str = "ddim"
-    steps: int = 10
+    sha256: str | None = None  # of the weights, filled in when the checkpoint is checked
+    sampler: str | None = None  # ddim | flow; None: the one that fits the model's objective
+    steps: int | None = None  # None: the model's default (10)
+    batch_size: int | None = None  # None: chosen from free memory
 
 
 @dataclass

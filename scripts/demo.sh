@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# The README's main command (`make demo`): a small phantom cohort through the BIDS-App.
+# The README's main command (`make demo`): a small phantom cohort through the BIDS-App, with
+# GenTract (the shipped phantom model) and one baseline (MRtrix3 SD_Stream + SIFT), then the group
+# level. Sizes can be changed with DEMO_SUBJECTS and DEMO_STREAMLINES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DEMO=${DEMO_DIR:-demo}
 N=${DEMO_SUBJECTS:-2}
+S=${DEMO_STREAMLINES:-5000}
 export NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0
 rm -rf "$DEMO"
 echo "== 1/3 phantom cohort: $N subjects with ground truth -> $DEMO/bids"
-time "$BIN/gentract-phantom" "$DEMO/bids" --n-subjects "$N" --seed 0
-echo "== 2/3 participant level -> $DEMO/out"
-time "$BIN/gentract" "$DEMO/bids" "$DEMO/out" participant -w "$DEMO/work" --random-seed 0
+time "$BIN/gentract-phantom" "$DEMO/bids" --n-subjects "$N" --seed 1000
+echo "== 2/3 participant level: GenTract and SD_Stream, $S streamlines each -> $DEMO/out"
+time "$BIN/gentract" "$DEMO/bids" "$DEMO/out" participant -w "$DEMO/work" --random-seed 0 \
+  --tracker gentract sdstream --n-streamlines "$S" --nprocs 2
 echo "== 3/3 group level"
 "$BIN/gentract" "$DEMO/bids" "$DEMO/out" group -w "$DEMO/work"
 echo
-echo "Outputs:"
-find "$DEMO/out" -type f | sort
+echo "Precision (ground truth) per subject and tracker:"
+for f in "$DEMO"/out/sub-*/dwi/*_desc-eval_*_metrics.json; do
+  "$BIN/python" -c 'import json,sys; m=json.load(open(sys.argv[1])); print(f"  {sys.argv[1].split(\"/\")[-1]}: precision {100*m[\"precision\"]:.1f} %, bundles {m[\"valid_bundles\"]}/{m[\"n_bundles\"]}")' "$f"
+done
+echo
+echo "Reports: $(ls "$DEMO"/out/sub-*.html | tr '\n' ' ')"
+echo "Group report: $DEMO/out/group.html"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -73,17 +74,20 @@ def test_conditions_and_tckglobal_rule(pb):
     assert st == {"clean": "run", "fodnoise": "n/a", "lowsnr": "run",
                   "lr_noise": "run-dwi-only", "ood": "run"}
     assert all(pb.dwi_tracker_status("ifod2", c, conds) == "run" for c in conds)
-    assert set(pb.TRACKERS) == {"ifod2", "sdstream", "tckglobal", "dipy-det", "dipy-prob"}
+    assert set(pb.BASELINES) == {"ifod2", "sdstream", "tckglobal", "dipy-det", "dipy-prob"}
+    assert set(pb.TRACKERS) == set(pb.BASELINES) | set(pb.GENTRACT_TRACKERS)
     with pytest.raises(ValueError, match="unknown condition"):
         pb.make_conditions(s, ["clean", "noisy"])
 
 
-def test_model_option_is_not_yet_available(pb, capsys, tmp_path):
-    with pytest.raises(SystemExit) as err:
-        pb.main(["--model", str(tmp_path / "m.safetensors"), "--out", str(tmp_path)])
-    assert err.value.code != 0
-    assert "GenTract sampling arrives with the inference workflow" in capsys.readouterr().err
-    assert not (tmp_path / "results.json").exists()
+def test_gentract_tracker_refuses_a_missing_checkpoint(pb, tmp_path):
+    """``--trackers gentract`` with a checkpoint that does not exist stops before any work."""
+    from gentract_bids.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not found"):
+        pb.main(["--model", str(tmp_path / "m.safetensors"), "--trackers", "gentract",
+                 "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -132,3 +136,110 @@ def test_quick_run(tmp_path):
         assert tables.count(f"| {label}") == 2
     p = res["summary"]["clean"]["sdstream"]["precision"][0] * 100
     assert f"| SD_Stream + SIFT | {p:.1f} ± 0.0 |" in tables
+
+
+# ----------------------------------------------------------------------------- inference speed
+SPEED = REPO / "benchmarks" / "inference_speed.py"
+
+
+def _load_speed():
+    spec = importlib.util.spec_from_file_location("inference_speed", SPEED)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["inference_speed"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def tiny_speed_model(objective="flow", **kw):
+    """A tiny GenTract on a coarse grid of the canonical extent (150 x 180 x 150 mm)."""
+    import torch
+
+    from gentract_bids.model.encoder import EncoderConfig
+    from gentract_bids.model.gentract import GenTract, GenTractConfig
+    from gentract_bids.model.transformer import TransformerConfig
+    from gentract_bids.model.vae import VAEConfig
+
+    torch.manual_seed(0)
+    return GenTract(GenTractConfig(
+        grid_shape=(40, 48, 40), grid_spacing=3.75, objective=objective, steps=3,
+        vae=VAEConfig(channels=(4, 8), norm_num_groups=2),
+        encoder=EncoderConfig(channels=(8, 8), out_channels=2, emb_dim=8, downsample=2,
+                              norm_num_groups=2),
+        transformer=TransformerConfig(width=32, depth=2, heads=4, dropout=0.0, ff_mult=4,
+                                      n_points=16), **kw)).eval()
+
+
+def test_sampling_flops_match_the_transformer_and_count_every_call():
+    """FlopCounterMode's count of one sampling call equals the transformer's analytic FLOPs:
+    attention included (the CPU kernel gets a formula), the context K/V projection excluded (it
+    is cached once per subject); calls per streamline = steps (2 x steps for the midpoint ODE)."""
+    import torch
+
+    torch.set_num_threads(1)
+    speed = _load_speed()
+    model = tiny_speed_model()
+    fl = speed.sampling_flops(model)
+    cfg = model.config.transformer
+    n, p, depth, f = cfg.width, cfg.n_points, cfg.depth, cfg.ff_mult
+    tokens = math.prod(model.token_grid(model.config.grid_shape))
+    assert fl["tokens"] == tokens == 10 * 12 * 10
+    layer = (12 + 4 * f) * n * n * p + 4 * p * p * n + 4 * p * tokens * n  # linears + attention
+    expected = 2 * 3 * n * p + 2 * 8 * n * n + depth * layer + 2 * n * 3 * p  # in, time MLP, out
+    assert fl["flops_per_call"] == expected
+    assert fl["calls_per_streamline"] == 3 and fl["flops_per_streamline"] == 3 * expected
+    assert speed.sampling_flops(model, steps=5)["calls_per_streamline"] == 5
+    mid = tiny_speed_model(flow_method="midpoint")
+    assert speed.sampling_flops(mid)["calls_per_streamline"] == 6
+
+
+@pytest.mark.skipif(shutil.which("tckgen") is None, reason="MRtrix3 not installed")
+def test_quick_speed_run(tmp_path):
+    """``--quick`` end to end with a tiny checkpoint: GenTract at 200 and 400 streamlines, iFOD2 +
+    SIFT and tckglobal at 200, each in its own worker; table and JSON with positive numbers."""
+    from gentract_bids.io.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "model" / "tiny", tiny_speed_model(), {
+        "zscore": {"mean": [0.05] + [0.0] * 27, "std": [0.1] * 28},
+        "coord_bounds": {"lo": [-70.0, -85.0, -70.0], "hi": [70.0, 85.0, 70.0]},
+        "provenance": {"recipe": "test"}})
+    out = tmp_path / "speed"
+    env = dict(os.environ, NIPYPE_NO_ET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(SPEED), "--quick", "--model", str(ckpt), "--out",
+                           str(out), "--threads", "1", "--device", "cpu"], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "speed.json").read_text())
+    md = (out / "speed.md").read_text()
+    runs = {(r["tracker"], r["n_requested"]): r for r in res["runs"]}
+    assert set(runs) == {("gentract", 200), ("gentract", 400), ("ifod2", 200),
+                         ("tckglobal", 200)}
+    for r in runs.values():
+        assert r["status"] == "ok", r.get("error")
+        assert 0 < r["n_streamlines"] <= r["n_requested"]
+        for k in ("wall_s", "cpu_s", "process_cpu_s", "streamlines_per_s",
+                  "streamlines_per_cpu_s"):
+            assert r[k] > 0, k
+        assert r["peak_rss_mib"] > 20 and r["process_cpu_s"] >= 0.9 * r["cpu_s"]
+    for n in (200, 400):
+        g = runs["gentract", n]
+        assert g["n_streamlines"] == n and all(v > 0 for v in g["phases"].values())
+        assert g["sampling_gflop"] == pytest.approx(
+            res["sampling_flops"]["flops_per_streamline"] * n / 1e9)
+        assert 0 < g["fraction_of_matmul_peak"] < 1 and 0 < g["cpu_fraction_of_matmul_peak"] < 1
+        assert g["gflop_per_cpu_s"] == pytest.approx(g["sampling_gflop"] / g["cpu_s"])
+        assert g["sidecar"]["Steps"] == 3 and g["file_mib"] > 0
+        assert not list((out / "runs" / f"gentract_{n}").glob("*.trx"))  # removed after the run
+        assert f"| GenTract | {n} | {g['wall_s']:.1f} | {g['cpu_s']:.1f} |" in md
+        assert (f"| {g['achieved_gflops']:.2f} | {g['fraction_of_matmul_peak']:.1%} | "
+                f"{g['gflop_per_cpu_s']:.2f} | {g['cpu_fraction_of_matmul_peak']:.1%} |") in md
+    assert runs["ifod2", 200]["info"]["NGenerated"] == 400
+    assert runs["tckglobal", 200]["options"]["niter"] == 1e6
+    assert "| iFOD2 + SIFT (x2) | " in md and "| tckglobal (1e+06 it.) | " in md
+    mm = res["matmul"]
+    assert mm["size"] == 512 and len(mm["gflops"]["float32"]) == 2
+    assert mm["peak_gflops"] == max(m["wall"] for m in mm["gflops"]["float32"]) > 0
+    assert mm["peak_gflop_per_cpu_s"] == max(m["cpu"] for m in mm["gflops"]["float32"]) > 0
+    ms = res["memory_scaling"]
+    assert ms["n"] == [200, 400] and ms["ratio"] == pytest.approx(
+        runs["gentract", 400]["peak_rss_mib"] / runs["gentract", 200]["peak_rss_mib"])
+    assert f"(ratio {ms['ratio']:.2f} for 2x the streamlines)" in md

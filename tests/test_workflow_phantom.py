@@ -28,7 +28,7 @@ def phantom_run(tmp_path_factory):
     bids = make_cohort(root / "bids", n_subjects=2, seed=3, voxel_size=3.0, n_dirs=30)
     out = root / "out"
     code = main([str(bids), str(out), "participant", "-w", str(root / "work"),
-                 "--nprocs", "2", "--random-seed", "5"])
+                 "--nprocs", "2", "--random-seed", "5", "--n-streamlines", "2000"])
     return bids, out, code
 
 
@@ -73,3 +73,21 @@ def test_dataset_description_and_group(phantom_run, tmp_path):
     assert main([str(bids), str(out), "group", "-w", str(tmp_path / "w")]) == 0
     rows = (out / "group_fodf.tsv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("file\t")
+
+
+@pytest.mark.slow
+def test_shipped_gentract_model_places_streamlines(phantom_run):
+    """The default run samples with the shipped model; its streamlines land in true bundles.
+
+    A frame error anywhere (canonical grid, z-scoring, coordinate bounds, RAS+ output) puts them
+    outside every bundle (precision ~0, as with a zero context)."""
+    _, out, code = phantom_run
+    assert code == 0
+    for sub in ("01", "02"):
+        metrics = json.loads((out / f"sub-{sub}" / "dwi" /
+                              f"sub-{sub}_space-dwi_desc-eval_model-gentract_metrics.json")
+                             .read_text())
+        print(f"sub-{sub} GenTract (shipped model): precision {100 * metrics['precision']:.1f} %, "
+              f"bundles {metrics['valid_bundles']}/{metrics['n_bundles']}")
+        assert metrics["n_streamlines"] == 2000
+        assert metrics["precision"] > 0.02 and metrics["valid_bundles"] >= 2

@@ -12,8 +12,8 @@ from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 
 ANALYSIS_LEVELS = ("participant", "group")
-# the trackers a run can use (GenTract's own sampling arrives with the inference workflow)
-TRACKERS = ("ifod2", "sdstream", "tckglobal", "dipy-det", "dipy-prob")
+# the trackers a run can use: GenTract (the default) and the baselines; "none": fODF stage only
+TRACKERS = ("gentract", "ifod2", "sdstream", "tckglobal", "dipy-det", "dipy-prob")
 EVAL_MODES = ("auto", "sanity", "groundtruth", "atlas", "none")
 
 
@@ -65,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--csd-shell", type=float, default=None,
                    help="b-value of the shell used by single-shell CSD on multi-shell data")
     g = p.add_argument_group("tractography")
-    g.add_argument("--tracker", nargs="+", choices=TRACKERS, default=[], metavar="TRACKER",
-                   help=f"baseline trackers to run, several allowed: {', '.join(TRACKERS)} "
-                        "(MRtrix3 iFOD2 / SD_Stream + SIFT, tckglobal, dipy local tracking)")
+    g.add_argument("--tracker", nargs="+", choices=(*TRACKERS, "none"), default=["gentract"],
+                   metavar="TRACKER",
+                   help=f"trackers to run, several allowed: {', '.join(TRACKERS)} (GenTract, "
+                        "then the baselines MRtrix3 iFOD2 / SD_Stream + SIFT, tckglobal, dipy "
+                        "local tracking); 'none' runs the fODF stage only")
     g.add_argument("--n-streamlines", type=int, default=100_000,
                    help="streamlines per tractogram (the SIFT target for iFOD2/SD_Stream)")
     g.add_argument("--sift-factor", type=float, default=10.0,
@@ -76,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tckglobal iterations (MRtrix's default is 1e7 per 1e6 voxels)")
     g.add_argument("--output-format", choices=("trx", "tck", "trk"), default="trx",
                    help="file format of the whole-brain tractograms")
+    g = p.add_argument_group("GenTract model")
+    g.add_argument("--model", type=Path, default=None,
+                   help="GenTract checkpoint (.safetensors, .json or their stem); default: the "
+                        "shipped model, trained on synthetic phantoms only")
+    g.add_argument("--sampler", choices=("ddim", "flow"), default=None,
+                   help="ddim for diffusion-trained models, flow (ODE) for flow-matching ones "
+                        "(default: the one that fits the model)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the model's, 10)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="streamlines sampled at once (default: from free memory)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", dest="eval_mode", choices=EVAL_MODES, default="auto",
                    help="auto: ground truth when the dataset has phantom-truth derivatives, atlas "
@@ -106,6 +119,14 @@ def parse_args(argv=None) -> Config:
         raise UsageError("--nprocs and --omp-nthreads must be at least 1")
     if opts.n_streamlines < 1 or opts.sift_factor < 1:
         raise UsageError("--n-streamlines must be positive and --sift-factor at least 1")
+    for flag in ("steps", "batch_size"):
+        if getattr(opts, flag) is not None and getattr(opts, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    trackers = list(dict.fromkeys(opts.tracker))
+    if "none" in trackers:
+        if len(trackers) > 1:
+            raise UsageError("--tracker none cannot be combined with other trackers")
+        trackers = []
     for flag in ("waypoint_atlas", "recobundles_models", "bundleseg_atlas", "truth_dir"):
         path = getattr(opts, flag)
         if path is not None and not path.exists():
@@ -132,7 +153,7 @@ def parse_args(argv=None) -> Config:
             verbosity=opts.verbose,
         ),
         workflow=Workflow(sh_order=opts.sh_order, csd_method=opts.csd_method,
-                          csd_shell=opts.csd_shell, trackers=list(dict.fromkeys(opts.tracker)),
+                          csd_shell=opts.csd_shell, trackers=trackers,
                           n_streamlines=opts.n_streamlines, sift_factor=opts.sift_factor,
                           tckglobal_niter=opts.tckglobal_niter,
                           output_format=opts.output_format),
@@ -145,6 +166,23 @@ def parse_args(argv=None) -> Config:
             bundleseg_atlas=opts.bundleseg_atlas.resolve() if opts.bundleseg_atlas else None,
             min_bundle_streamlines=opts.min_bundle_streamlines,
         ),
-        model=Model(),
+        model=_model_section(opts, check="gentract" in trackers),
         seeds=Seeds(master=opts.random_seed),
     )
+
+
+def _model_section(opts, check: bool) -> Model:
+    """The GenTract model of the run; when it will be used, load it now (checksum, weights) and
+    refuse one that does not fit the fODFs this run makes, before anything is written."""
+    from ..model.inference import check_compatible, load_model, resolve_model_path
+
+    path = resolve_model_path(opts.model.resolve() if opts.model else None)
+    model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size)
+    if check:
+        _, meta = load_model(path)
+        grid = Workflow()
+        check_compatible(meta, sh_order=opts.sh_order, grid_spacing=grid.grid_spacing,
+                         grid_shape=grid.grid_shape, sampler=opts.sampler,
+                         name=f"the model {path}")
+        model.sha256 = meta["sha256"]
+    return model

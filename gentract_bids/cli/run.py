@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     try:
         config = parse_args(argv)
         _setup_logging(config.execution.verbosity)
-        code = run(config)
+        args = sys.argv[1:] if argv is None else list(argv)
+        code = run(config, command=" ".join(["gentract", *map(str, args)]))
     except GenTractError as err:
         print(f"gentract: error: {err}", file=sys.stderr)
         code = err.exit_code
@@ -96,7 +97,9 @@ def preflight(inputs) -> None:
                 )
 
 
-def run(config: Config) -> int:
+def run(config: Config, command: str | None = None) -> int:
+    """Run the analysis level of ``config``; ``command`` (the command line) goes into the
+    participant reports."""
     ex = config.execution
     check_paths(config)
     if ex.analysis_level == "group":
@@ -134,9 +137,30 @@ def run(config: Config) -> int:
     trackers = config.workflow.trackers
     print(f"gentract: derivatives of {len(inputs)} DWI series written to {ex.output_dir}"
           + (f" (trackers: {', '.join(trackers)})" if trackers else " (fODF only)"))
-    if not trackers:
-        print("gentract: no --tracker given; GenTract's own sampling is not part of this release yet")
-    return EX_OK
+    subjects = sorted({item.subject for item in inputs})
+    return EX_OK if write_reports(config, subjects, command) else EX_FAILURE
+
+
+def write_reports(config: Config, subjects, command: str | None = None) -> bool:
+    """Write ``OUTPUT_DIR/sub-<label>.html`` for each subject and print where it is. A report
+    that fails is reported on stderr (with the traceback at -v) and leaves every committed
+    derivative in place; returns whether all reports were written."""
+    from ..reports.subject import write_subject_report
+
+    ok = True
+    for subject in subjects:
+        try:
+            path = write_subject_report(config.execution.output_dir, subject,
+                                        config=config.to_dict(), command=command)
+        except Exception as err:  # the derivatives are committed: keep them, say what failed
+            LOG.debug("report of sub-%s failed", subject, exc_info=True)
+            print(f"gentract: error: the report of sub-{subject} could not be written "
+                  f"({type(err).__name__}: {err}); its derivatives in "
+                  f"{config.execution.output_dir} are complete and were kept", file=sys.stderr)
+            ok = False
+            continue
+        print(f"gentract: report: {path}")
+    return ok
 
 
 def _run_workflow(config: Config, inputs, device: str) -> bool:
@@ -152,7 +176,10 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     ncfg.set("execution", "stop_on_first_crash", "false")
     ncfg.set("monitoring", "enabled", "false")
     wf = init_gentract_wf(config, inputs, device)
-    plugin = ("MultiProc", {"n_procs": ex.nprocs}) if ex.nprocs > 1 else ("Linear", {})
+    # forkserver, not fork: a worker forked from a process whose OpenMP pool has started (torch
+    # loaded the model to check it) can deadlock in its first parallel op
+    plugin = (("MultiProc", {"n_procs": ex.nprocs, "mp_context": "forkserver"})
+              if ex.nprocs > 1 else ("Linear", {}))
     try:
         wf.run(plugin=plugin[0], plugin_args=plugin[1])
     except RuntimeError as err:

@@ -136,7 +136,8 @@ class _CanonicalInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True)
     spacing = traits.Float(1.875, usedefault=True)
     shape = traits.Tuple(traits.Int, traits.Int, traits.Int, mandatory=True)
-    stats_file = File(exists=True, desc="JSON with per-coefficient 'mean' and 'std' (a model's)")
+    stats_file = File(exists=True, desc="JSON with per-coefficient 'mean' and 'std', at its top "
+                      "level or under 'zscore' (a GenTract checkpoint's metadata)")
 
 
 class _CanonicalOutputSpec(TraitedSpec):
@@ -163,6 +164,7 @@ class CanonicalFOD(SimpleInterface):
                                         self.inputs.spacing, tuple(self.inputs.shape))
         if self.inputs.stats_file:
             stats = json.loads(Path(self.inputs.stats_file).read_text())
+            stats = stats.get("zscore", stats)
             mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
             source = f"model: {Path(self.inputs.stats_file).name}"
         else:

@@ -21,11 +21,20 @@ def save_tractogram(path, streamlines, affine, shape, groups: dict | None = None
     """Write ``streamlines`` (list of (n, 3) arrays, RAS+ mm) to .trx/.tck/.trk.
 
     ``affine``/``shape`` describe the reference image (voxel-to-RAS+ mm). ``groups`` maps a name to
-    an index array of streamlines; it is stored as TRX groups (ignored by .tck/.trk)."""
+    an index array of streamlines; it is stored as TRX groups (ignored by .tck/.trk).
+
+    For .tck/.trk, ``streamlines`` may also be a function returning an iterator: the file is then
+    written streaming (nibabel's lazy tractogram), without holding all streamlines in memory."""
     path = Path(path)
     ext = "".join(path.suffixes[-1:]).lower()
-    sl = nib.streamlines.ArraySequence([np.asarray(s, np.float32) for s in streamlines])
-    tractogram = nib.streamlines.Tractogram(sl, affine_to_rasmm=np.eye(4))
+    if callable(streamlines):
+        if ext == ".trx":
+            raise ValueError("streaming writes are for .tck/.trk; write .trx from its layout")
+        tractogram = nib.streamlines.LazyTractogram(
+            lambda: (np.asarray(s, np.float32) for s in streamlines()), affine_to_rasmm=np.eye(4))
+    else:
+        sl = nib.streamlines.ArraySequence([np.asarray(s, np.float32) for s in streamlines])
+        tractogram = nib.streamlines.Tractogram(sl, affine_to_rasmm=np.eye(4))
     if ext == ".trx":
         from trx import trx_file_memmap as tmm
 

@@ -94,7 +94,7 @@ def _all_points(groups) -> np.ndarray:
 
 
 def plot_bundles(streamlines_by_bundle: dict, path, *, views=("axial", "coronal", "sagittal"),
-                 max_streamlines: int | None = 200, linewidth: float = 0.4, alpha: float = 0.6,
+                 max_streamlines: int | None = 200, linewidth: float = 0.7, alpha: float = 0.7,
                  title: str | None = None, dpi: int = 110) -> Path:
     """PNG with one panel per view; each bundle's streamlines (at most ``max_streamlines`` per
     bundle, random subset, each decimated to <= 32 points) drawn as polylines in the bundle's
@@ -115,12 +115,12 @@ def plot_bundles(streamlines_by_bundle: dict, path, *, views=("axial", "coronal"
             ax.add_collection(lc)
         _finish_axes(ax, view, pts)
     handles = [Line2D([], [], color=colours[b], lw=2) for b in names]
-    if handles:
-        fig.legend(handles, names, loc="center right", fontsize=7, frameon=False,
-                   ncol=1 if len(names) <= 24 else 2)
+    if handles:  # beside the last panel (follows it when the equal aspect shrinks the panel)
+        axes[0][-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                           fontsize=7, frameon=False, ncol=1 if len(names) <= 24 else 2)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 0.84 if handles else 1, 1))
+    fig.tight_layout()
     fig.savefig(path, dpi=dpi, facecolor="white")
     return path
 
@@ -168,7 +168,7 @@ def plot_f1_bars(summary: dict, path, *, key: str = "f1", title: str | None = No
     x = np.arange(len(names))
     ax.bar(x, vals, color=np.where(found, "tab:blue", "lightgrey"), edgecolor="black", lw=0.4)
     ax.scatter(x[~found], np.zeros((~found).sum()), marker="x", color="tab:red", zorder=3,
-               label="not found")
+               label="not found (grey: its score)")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
@@ -176,9 +176,220 @@ def plot_f1_bars(summary: dict, path, *, key: str = "f1", title: str | None = No
     mean = summary.get(f"mean_{key}")
     if mean is not None:
         ax.axhline(mean, color="tab:orange", ls="--", lw=1, label=f"mean {mean:.3f}")
-    if (~found).any() or mean is not None:
-        ax.legend(fontsize=7, loc="lower right")
+    if len(names):
+        from matplotlib.patches import Patch
+
+        handles, labels = ax.get_legend_handles_labels()
+        handles.insert(0, Patch(facecolor="tab:blue", edgecolor="black", lw=0.4))
+        labels.insert(0, "found")
+        ax.legend(handles, labels, fontsize=7, loc="upper right", ncol=len(labels))
     ax.set_title(title or f"per-bundle {key} ({summary.get('mode', '')})")
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
+    return path
+
+
+# -- fODF ------------------------------------------------------------------------------------
+FOD_VIEWS = {  # name -> (world axis sliced, horizontal world axis, vertical world axis)
+    "axial": (2, 0, 1),
+    "coronal": (1, 0, 2),
+    "sagittal": (0, 1, 2),
+}
+
+
+def fod_peak_slice(sh, affine, view: str, *, index: int | None = None, mask=None,
+                   sh_order: int = 6, basis: str = "descoteaux07", legacy: bool = False):
+    """One slice of an SH fODF volume, reoriented to world axes for display.
+
+    ``sh`` (X, Y, Z, C) holds coefficients in the image's voxel (ijk) reference. The slice cuts
+    the voxel axis closest to world axis ``FOD_VIEWS[view][0]`` at ``index`` (default: the mask's
+    centre). Returns ``(amp, peaks, extent)``: ``amp`` (H, W) the fODF's maximum amplitude
+    (large in coherent white matter, small in grey matter and CSF), ``peaks`` (H, W, 3) the
+    unit direction of the fODF maximum in world (RAS+) coordinates, both indexed [vertical,
+    horizontal] with world coordinates increasing, and ``extent`` (left, right, bottom, top) in
+    mm for ``imshow(origin="lower")``."""
+    import nibabel as nb
+    from dipy.data import get_sphere
+    from dipy.reconst.shm import sh_to_sf
+
+    sh = np.asarray(sh)
+    affine = np.asarray(affine, float)
+    ornt = nb.io_orientation(affine)  # voxel axis k -> (world axis, sign)
+    world_to_vox = {int(w): k for k, (w, _) in enumerate(ornt)}
+    cut, h_w, v_w = FOD_VIEWS[view]
+    a = world_to_vox[cut]
+    if index is None:
+        if mask is not None and np.any(mask):
+            index = int(round(np.argwhere(np.asarray(mask) > 0)[:, a].mean()))
+        else:
+            index = sh.shape[a] // 2
+    sl = np.take(sh, index, axis=a).astype(np.float64)           # 2-D over the other voxel axes
+    keep = [k for k in range(3) if k != a]
+    msk = (np.take(np.asarray(mask) > 0, index, axis=a) if mask is not None
+           else np.any(sl != 0, axis=-1))
+    sphere = get_sphere(name="repulsion724")
+    amp = np.zeros(sl.shape[:2])
+    peaks = np.zeros(sl.shape[:2] + (3,))
+    if msk.any():
+        sf = sh_to_sf(sl[msk], sphere, sh_order_max=sh_order, basis_type=basis, legacy=legacy)
+        amp[msk] = np.clip(sf.max(axis=-1), 0, None)
+        vox_dirs = sphere.vertices[np.argmax(sf, axis=-1)]
+        world = vox_dirs @ affine[:3, :3].T
+        peaks[msk] = world / np.linalg.norm(world, axis=1, keepdims=True)
+    # reorder the two remaining voxel axes to (vertical, horizontal) world axes, increasing
+    h_k, v_k = world_to_vox[h_w], world_to_vox[v_w]
+    order = [keep.index(v_k), keep.index(h_k)]
+    amp = np.transpose(amp, order)
+    peaks = np.transpose(peaks, order + [2])
+    if ornt[v_k, 1] < 0:
+        amp, peaks = amp[::-1], peaks[::-1]
+    if ornt[h_k, 1] < 0:
+        amp, peaks = amp[:, ::-1], peaks[:, ::-1]
+    # world extent of the slice (voxel centres +- half a voxel along each displayed axis)
+    corners = np.array([[0, 0, 0], sh.shape[:3]], float) - 0.5
+    box = nb.affines.apply_affine(affine, np.array(np.meshgrid(*corners.T)).reshape(3, -1).T)
+    extent = (box[:, h_w].min(), box[:, h_w].max(), box[:, v_w].min(), box[:, v_w].max())
+    return amp, peaks, extent
+
+
+def plot_fod_peaks(sh, affine, path, *, mask=None, sh_order: int = 6,
+                   basis: str = "descoteaux07", legacy: bool = False,
+                   views=("axial", "coronal", "sagittal"), peak_lines: bool = True,
+                   title: str | None = None, dpi: int = 110) -> Path:
+    """PNG of the fODF: per view, the central slice coloured by the fODF peak direction (RGB =
+    |x|, |y|, |z| of the world peak; brightness = the peak amplitude over its 99th percentile,
+    like a colour-FA map), with each voxel's peak drawn as a short white line where the
+    brightness is above 0.3 (the in-plane projection of the peak). Views through fewer than 5
+    voxels (thin slabs) are left out."""
+    path = Path(path)
+    slices = {v: fod_peak_slice(sh, affine, v, mask=mask, sh_order=sh_order, basis=basis,
+                                legacy=legacy) for v in views}
+    # a thin slab (e.g. 3 slices): drop the views that would be a few pixels high
+    thick = [v for v in views if min(slices[v][0].shape) >= 5]
+    views = thick or list(views)
+    fig = _figure((4.2 * len(views), 4.8))
+    axes = fig.subplots(1, len(views), squeeze=False)
+    for ax, view in zip(axes[0], views):
+        amp, peaks, ext = slices[view]
+        scale = float(np.percentile(amp[amp > 0], 99)) if np.any(amp > 0) else 1.0
+        bright = np.clip(amp / (scale or 1.0), 0, 1)
+        rgb = np.abs(peaks) * bright[..., None]
+        ax.imshow(rgb, origin="lower", extent=ext, interpolation="nearest")
+        if peak_lines:
+            _, h_w, v_w = FOD_VIEWS[view]
+            H, W = amp.shape
+            xs = np.linspace(ext[0], ext[1], W + 1)
+            ys = np.linspace(ext[2], ext[3], H + 1)
+            cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
+            half = 0.45 * min(xs[1] - xs[0], ys[1] - ys[0])
+            jj, ii = np.nonzero(bright > 0.3)
+            d = peaks[jj, ii][:, [h_w, v_w]]
+            centre = np.c_[cx[ii], cy[jj]]
+            segs = np.stack([centre - half * d, centre + half * d], axis=1)
+            ax.add_collection(LineCollection(segs, colors="white", linewidths=0.35, alpha=0.8))
+        _, h_w, v_w = FOD_VIEWS[view]
+        ax.set_title(f"{view}: fODF peak direction", fontsize=9)
+        ax.set_xlabel(VIEWS[view][2][0])
+        ax.set_ylabel(VIEWS[view][2][1])
+        ax.set_xlim(ext[0], ext[1])
+        ax.set_ylim(ext[2], ext[3])
+        ax.set_facecolor("black")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    return path
+
+
+# -- group level -----------------------------------------------------------------------------
+def plot_group_metrics(rows: list[dict], path, *,
+                       keys=(("precision", "precision"), ("mean_f1", "mean F1")),
+                       title: str | None = None, dpi: int = 110) -> Path:
+    """One panel per ``(key, label)``: a column per tracker (``rows[i]["model"]``), a point per
+    subject/series (``rows[i][key]``, coloured by ``subject``; missing values skipped), the same
+    series joined across trackers by a thin grey line, and the tracker's mean as a black bar."""
+    path = Path(path)
+    models = sorted({r["model"] for r in rows})
+    series = list(dict.fromkeys(_series_label(r) for r in rows))
+    colours = dict(zip(series, bundle_colours(len(series))))
+    offsets = dict(zip(series, np.linspace(-0.15, 0.15, len(series)) if len(series) > 1
+                       else [0.0]))
+    fig = _figure((len(keys) * max(3.2, 1.1 * len(models) + 1.6)
+                   + (1.6 if len(series) <= 12 else 0), 3.8))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, keys):
+        top = 0.0
+        for sname in series:
+            pts = [(x + offsets[sname], float(r[key])) for x, m in enumerate(models)
+                   for r in rows if r["model"] == m and _series_label(r) == sname
+                   and r.get(key) not in (None, "", "n/a")]
+            if not pts:
+                continue
+            xs, ys = np.array(pts).T
+            ax.plot(xs, ys, color="grey", lw=0.6, alpha=0.6, zorder=2)
+            ax.scatter(xs, ys, s=30, color=colours[sname], edgecolor="black", lw=0.5,
+                       zorder=3, label=sname)
+            top = max(top, ys.max())
+        for x, m in enumerate(models):
+            vals = [float(r[key]) for r in rows
+                    if r["model"] == m and r.get(key) not in (None, "", "n/a")]
+            if vals:
+                ax.hlines(np.mean(vals), x - 0.3, x + 0.3, color="black", lw=1.8, zorder=4)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models, rotation=30 if len(models) > 3 else 0)
+        ax.set_xlim(-0.6, len(models) - 0.4)
+        ax.set_ylim(0, min(1.02, max(0.05, 1.2 * top)))
+        ax.set_ylabel(label)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    if len(series) <= 12:
+        handles = [Line2D([], [], ls="", marker="o", mfc=colours[s], mec="black") for s in series]
+        handles.append(Line2D([], [], color="black", lw=1.8))
+        axes[-1].legend(handles, [*series, "mean"], loc="center left",
+                        bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(title or "per tracker: one point per subject, bar = mean", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    return path
+
+
+def _series_label(row: dict) -> str:
+    """``sub-01[_ses-A][_acq-x][_run-1]`` from a row's id columns (``n/a`` skipped)."""
+    keys = (("subject", "sub"), ("session", "ses"), ("acquisition", "acq"), ("run", "run"))
+    return "_".join(f"{p}-{row[k]}" for k, p in keys if row.get(k) not in (None, "", "n/a"))
+
+
+def plot_group_bundle_heatmap(rows: list[dict], path, *, key: str = "f1",
+                              title: str | None = None, dpi: int = 110) -> Path:
+    """Heat map of the mean per-bundle score (default F1) over subjects: bundles as columns (in
+    first-seen order), trackers (``model``) as rows, values written in the cells."""
+    path = Path(path)
+    bundles = list(dict.fromkeys(r["bundle"] for r in rows))
+    models = sorted({r["model"] for r in rows})
+    grid = np.full((len(models), len(bundles)), np.nan)
+    for i, m in enumerate(models):
+        for j, b in enumerate(bundles):
+            vals = [float(r[key]) for r in rows if r["model"] == m and r["bundle"] == b
+                    and r.get(key) not in (None, "")]
+            if vals:
+                grid[i, j] = np.mean(vals)
+    fig = _figure((max(5.0, 0.42 * len(bundles) + 2.0), 0.4 * len(models) + 1.9))
+    ax = fig.subplots()
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i in range(len(models)):
+        for j in range(len(bundles)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}"[1:] if 0 <= grid[i, j] < 1 else
+                        f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[i, j] < 0.6 else "black")
+    ax.set_xticks(range(len(bundles)))
+    ax.set_xticklabels(bundles, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(models)))
+    ax.set_yticklabels(models, fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01,
+                 label=f"mean {key.upper() if len(key) <= 3 else key}")
+    name = key.upper() if len(key) <= 3 else key
+    ax.set_title(title or f"mean per-bundle {name} over subjects", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, facecolor="white")
     return path

@@ -11,7 +11,7 @@ from ..io.bids import DWIInput
 from .evaluation import EVAL_FIELDS, init_evaluation_wf
 from .fodf import init_fodf_wf
 from .outputs import FODF_FIELDS, init_fodf_derivatives_wf, init_tractography_derivatives_wf
-from .tractography import TRACKERS, init_baseline_tracking_wf
+from .tractography import TRACKERS, init_baseline_tracking_wf, init_gentract_tractography_wf
 
 SERIES_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
 
@@ -72,6 +72,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         grid_spacing=wcfg.grid_spacing,
         grid_shape=wcfg.grid_shape,
         use_given_mask=item.mask is not None,
+        # GenTract reads the canonical fODF z-scored with its checkpoint's statistics
+        stats_file=_model_json(config) if "gentract" in wcfg.trackers else None,
         omp_nthreads=ex.omp_nthreads,
     )
     fodf_wf.inputs.inputnode.dwi_file = item.dwi
@@ -103,12 +105,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     base_entities = {k: item.entities[k] for k in SERIES_ENTITIES if k in item.entities}
     for k, tracker in enumerate(trackers, start=2):
         model = TRACKERS[tracker][0]
-        track_wf = init_baseline_tracking_wf(
-            tracker=tracker, n_streamlines=wcfg.n_streamlines, sift_factor=wcfg.sift_factor,
-            tckglobal_niter=wcfg.tckglobal_niter,
-            seed=config.seeds.numpy % (2**31), omp_nthreads=ex.omp_nthreads,
-            use_tissue_maps=tissue is not None, output_format=wcfg.output_format,
-        )
+        track_wf = _tracking_wf(config, tracker, device, use_tissue_maps=tissue is not None)
         for field, value in {"dwi_file": item.dwi, "bval_file": item.bval,
                              "bvec_file": item.bvec, **(tissue or {})}.items():
             setattr(track_wf.inputs.inputnode, field, value)
@@ -123,7 +120,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
             model=model, staging_dir=staging, provenance=provenance, base_entities=base_entities)
         wf.connect([
             (fodf_wf, track_wf, [("outputnode.mask_file", "inputnode.mask_file"),
-                                 ("outputnode.fod_file", "inputnode.fod_file")]),
+                                 ("outputnode.fod_file", "inputnode.fod_file"),
+                                 ("outputnode.canonical_fod", "inputnode.canonical_fod")]),
             (fodf_wf, eval_wf, [("outputnode.mask_file", "inputnode.reference"),
                                 ("outputnode.mask_file", "inputnode.mask_file")]),
             (track_wf, eval_wf, [("outputnode.tractogram", "inputnode.tractogram")]),
@@ -133,6 +131,31 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
             (out_wf, gather, [("outputnode.out_files", f"in{k}")]),
         ])  # fmt: skip
     return wf
+
+
+def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: bool):
+    """The tracking workflow of ``tracker`` (same inputnode/outputnode for every tracker)."""
+    wcfg, mcfg = config.workflow, config.model
+    if tracker == "gentract":
+        return init_gentract_tractography_wf(
+            model_path=str(mcfg.path), model_sha256=mcfg.sha256,
+            n_streamlines=wcfg.n_streamlines, sampler=mcfg.sampler, steps=mcfg.steps,
+            batch_size=mcfg.batch_size, seed=config.seeds.torch % (2**63), device=device,
+            output_format=wcfg.output_format,
+        )
+    return init_baseline_tracking_wf(
+        tracker=tracker, n_streamlines=wcfg.n_streamlines, sift_factor=wcfg.sift_factor,
+        tckglobal_niter=wcfg.tckglobal_niter,
+        seed=config.seeds.numpy % (2**31), omp_nthreads=config.execution.omp_nthreads,
+        use_tissue_maps=use_tissue_maps, output_format=wcfg.output_format,
+    )
+
+
+def _model_json(config: Config) -> str:
+    from ..io.checkpoint import checkpoint_paths
+    from ..model.inference import resolve_model_path
+
+    return str(checkpoint_paths(resolve_model_path(config.model.path))[1])
 
 
 def _str(path) -> str | None:

@@ -1,12 +1,19 @@
-"""Baseline tractography of one DWI series: MRtrix3 (iFOD2/SD_Stream + SIFT, tckglobal) or dipy."""
+"""Tractography of one DWI series: GenTract sampling, or a baseline (MRtrix3 iFOD2/SD_Stream +
+SIFT, tckglobal, dipy local tracking). Every tracker's workflow has the same inputnode (the fields of
+:data:`TRACKING_INPUTS`) and outputnode (``tractogram``, ``metadata``)."""
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..interfaces.gentract import GenTractSample
 from ..interfaces.tracking import DipyTrack, MRtrixTrack
+
+TRACKING_INPUTS = ["dwi_file", "bval_file", "bvec_file", "mask_file", "fod_file", "canonical_fod",
+                   "wm_pve_file", "gm_pve_file", "csf_pve_file"]
 
 # tracker name (CLI) -> (model entity of its derivatives, how it runs)
 TRACKERS = {
+    "gentract": ("gentract", "gentract"),
     "ifod2": ("ifod2", "mrtrix"),
     "sdstream": ("sdstream", "mrtrix"),
     "tckglobal": ("tckglobal", "mrtrix"),
@@ -37,12 +44,7 @@ def init_baseline_tracking_wf(
     settings, timings).
     """
     model, engine = TRACKERS[tracker]
-    wf = pe.Workflow(name=name or f"track_{model}_wf")
-    fields = ["dwi_file", "bval_file", "bvec_file", "mask_file", "fod_file",
-              "wm_pve_file", "gm_pve_file", "csf_pve_file"]
-    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["tractogram", "metadata"]),
-                         name="outputnode")
+    wf, inputnode, outputnode = _tracking_wf(name or f"track_{model}_wf")
     if engine == "mrtrix":
         track = pe.Node(MRtrixTrack(algorithm=tracker, n_streamlines=n_streamlines,
                                     sift_factor=sift_factor, niter=tckglobal_niter,
@@ -67,3 +69,48 @@ def init_baseline_tracking_wf(
         (track, outputnode, [("out_file", "tractogram"), ("metadata", "metadata")]),
     ])  # fmt: skip
     return wf
+
+
+def init_gentract_tractography_wf(
+    *,
+    model_path: str,
+    model_sha256: str | None = None,
+    n_streamlines: int,
+    sampler: str | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    output_format: str = "trx",
+    name: str = "track_gentract_wf",
+):
+    """GenTract: encode the subject's context once, sample ``n_streamlines`` whole streamlines.
+
+    Inputs (``inputnode``, see :data:`TRACKING_INPUTS`): reads ``canonical_fod`` (the fODF on the
+    model's grid, z-scored with the model's statistics: the fODF stage's ``canonical_fod`` when it
+    was built with the checkpoint as ``stats_file``) and ``mask_file`` (the native grid the
+    tractogram header records).
+
+    Outputs (``outputnode``): ``tractogram`` (RAS+ mm) and ``metadata`` (model name and sha256,
+    sampler, steps, seed, device, number of streamlines, timings).
+    """
+    wf, inputnode, outputnode = _tracking_wf(name)
+    sample = pe.Node(GenTractSample(model_path=str(model_path), model_sha256=model_sha256,
+                                    n_streamlines=n_streamlines, sampler=sampler, steps=steps,
+                                    batch_size=batch_size, random_seed=seed, device=device,
+                                    out_format=output_format),
+                     name="sample")
+    wf.connect([
+        (inputnode, sample, [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]),
+        (sample, outputnode, [("out_file", "tractogram"), ("metadata", "metadata")]),
+    ])  # fmt: skip
+    return wf
+
+
+def _tracking_wf(name: str):
+    """A tracking workflow with the shared inputnode/outputnode contract."""
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=TRACKING_INPUTS), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["tractogram", "metadata"]),
+                         name="outputnode")
+    return wf, inputnode, outputnode

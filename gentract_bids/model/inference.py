@@ -1,0 +1,239 @@
+"""GenTract inference: load a checkpoint, check it fits the data, sample a tractogram in chunks.
+
+Plain functions; the nipype interface (:class:`~gentract_bids.interfaces.gentract.GenTractSample`)
+and the benchmarks call them::
+
+    model, meta = load_model()                      # the shipped phantom model
+    check_compatible(meta, sh_order=6, grid_spacing=1.875, grid_shape=(80, 96, 80))
+    info = sample_tractogram(model, meta, zscored_sh, "out.trx", n_streamlines=100_000,
+                             ref_affine=mask.affine, ref_shape=mask.shape, seed=1)
+
+Peak memory does not grow with the number of streamlines: each batch is written to a memory-mapped
+positions file as soon as it is sampled, and the tractogram file is assembled from that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, UsageError
+from ..fodf.csd import SH_BASIS
+from ..io.checkpoint import load_checkpoint
+from .gentract import SAMPLERS, CoordinateScaler
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "data" / "models" / "gentract_phantom"
+OUTPUT_FORMATS = ("trx", "tck", "trk")
+
+
+class ModelMismatchError(UsageError):
+    """The checkpoint does not fit the data the run produces (SH order, basis or grid)."""
+
+
+def resolve_model_path(path=None) -> Path:
+    """``path`` (either checkpoint file or their stem), or the shipped model when None."""
+    return Path(path) if path else SHIPPED_MODEL
+
+
+def load_model(path=None, device: str = "cpu", expected_sha256: str | None = None):
+    """``(GenTract, metadata)`` of the checkpoint at ``path`` (default: the shipped model)."""
+    path = resolve_model_path(path)
+    try:
+        return load_checkpoint(path, device=device, expected_sha256=expected_sha256)
+    except CheckpointError as err:
+        if path == SHIPPED_MODEL:
+            raise CheckpointError(f"the shipped model is unusable ({err}); reinstall gentract or "
+                                  "give a checkpoint with --model") from None
+        raise
+
+
+def model_sampler(meta: dict) -> str:
+    """The sampler that fits a checkpoint's objective (``ddim`` or ``flow``)."""
+    return SAMPLERS[meta["model_config"].get("objective", "diffusion")]
+
+
+def check_compatible(meta: dict, *, sh_order: int, sh_basis: str = SH_BASIS,
+                     legacy_basis: bool = False, grid_spacing: float | None = None,
+                     grid_shape=None, sampler: str | None = None, name: str = "the model") -> None:
+    """Refuse (:class:`ModelMismatchError`) a checkpoint that does not fit the run's fODFs."""
+    problems = []
+    if int(meta["sh_order"]) != int(sh_order):
+        problems.append(f"it was trained on SH order {meta['sh_order']} but this run fits "
+                        f"order {sh_order} (--sh-order)")
+    if meta.get("sh_basis") != sh_basis or bool(meta.get("legacy_basis")) != bool(legacy_basis):
+        problems.append(f"it expects the {meta.get('sh_basis')} SH basis (legacy: "
+                        f"{meta.get('legacy_basis')}), this run writes {sh_basis} (legacy: "
+                        f"{legacy_basis})")
+    if grid_spacing is not None and not np.isclose(float(meta["grid_spacing"]), grid_spacing):
+        problems.append(f"its grid spacing is {meta['grid_spacing']} mm, not {grid_spacing} mm")
+    if grid_shape is not None and tuple(meta["grid_shape"]) != tuple(grid_shape):
+        problems.append(f"its grid is {tuple(meta['grid_shape'])}, not {tuple(grid_shape)}")
+    for key in ("zscore", "coord_bounds"):
+        if not meta.get(key):
+            problems.append(f"its metadata lacks '{key}'")
+    if sampler is not None and sampler != model_sampler(meta):
+        problems.append(f"it was trained with the {meta['model_config'].get('objective')} "
+                        f"objective, which samples with --sampler {model_sampler(meta)}, "
+                        f"not {sampler}")
+    if problems:
+        raise ModelMismatchError(f"{name} does not fit this run: " + "; ".join(problems))
+
+
+def _available_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 30
+
+
+def auto_batch_size(model, device: str = "cpu", fraction: float = 0.25,
+                    n_context_tokens: int | None = None) -> int:
+    """Streamlines per batch from free memory: ``fraction`` of it over a per-streamline estimate
+    of the transformer's activations (self- and cross-attention scores, feed-forward), rounded
+    down to a power of two, between 64 and 8192 (CPU) or 65536 (CUDA)."""
+    t = model.config.transformer
+    p, w = t.n_points, t.width
+    tokens = n_context_tokens or int(np.prod(model.context_grid_shape))
+    floats = p * (w * (6 + t.ff_mult) + t.heads * (p + tokens)) * 3  # x3: inputs, outputs, temps
+    per_streamline = 4 * floats
+    n = int(_available_bytes(device) * fraction // per_streamline)
+    cap = 65536 if device.startswith("cuda") else 8192
+    n = max(64, min(cap, n))
+    return 1 << (n.bit_length() - 1)
+
+
+def encode_context(model, zscored_sh: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """(X, Y, Z, m) z-scored SH on the model's grid -> the context z (1, T, m·C_c), once."""
+    grid = tuple(model.config.grid_shape)
+    if tuple(zscored_sh.shape[:3]) != grid or zscored_sh.shape[3] != model.config.n_coeffs:
+        raise ModelMismatchError(f"the canonical fODF has shape {tuple(zscored_sh.shape)}, the "
+                                 f"model expects {grid + (model.config.n_coeffs,)}")
+    vol = torch.from_numpy(np.ascontiguousarray(np.moveaxis(zscored_sh, -1, 0), np.float32))
+    with torch.inference_mode():
+        return model.encode_context(vol.to(device))
+
+
+def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_streamlines: int,
+                      ref_affine, ref_shape, steps: int | None = None, sampler: str | None = None,
+                      batch_size: int | None = None, seed: int = 0, device: str = "cpu",
+                      context: torch.Tensor | None = None) -> dict:
+    """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
+
+    ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (ignored when a
+    precomputed ``context`` is given). ``ref_affine``/``ref_shape`` describe the reference image of
+    the tractogram header (the subject's native grid). The same ``seed`` gives the same streamlines
+    on the same device. Returns the sidecar metadata: sampler, steps, seed, device, counts, timings,
+    streamlines per second and peak memory."""
+    out_file = Path(out_file)
+    if n_streamlines < 1:
+        raise ValueError(f"n_streamlines must be positive, got {n_streamlines}")
+    fmt = out_file.suffix.lstrip(".").lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unsupported tractogram format: {out_file.name}")
+    sampler = sampler or model_sampler(meta)
+    check_sampler = model_sampler(meta)
+    if sampler != check_sampler:
+        raise ModelMismatchError(f"--sampler {sampler} does not fit this model (use {check_sampler})")
+    steps = int(steps or model.config.steps)
+    batch_size = int(batch_size or auto_batch_size(model, device))
+    scaler = CoordinateScaler.from_dict(meta["coord_bounds"])
+    p = model.config.n_points
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    if context is None:
+        context = encode_context(model, zscored_sh, device)
+    t_context = time.perf_counter() - t0
+
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
+                else nullcontext())
+    tmp = Path(tempfile.mkdtemp(prefix=".gentract-", dir=out_file.parent))
+    try:
+        # the TRX on-disk layout, filled batch by batch through a memory map
+        positions = np.memmap(tmp / "positions.3.float32", dtype=np.float32, mode="w+",
+                              shape=(n_streamlines * p, 3))
+        t1 = time.perf_counter()
+        done = 0
+        with autocast:
+            for batch in model.sample_batches(context, n_streamlines, steps=steps,
+                                              batch_size=batch_size, generator=generator):
+                mm = scaler.to_mm(batch.float().cpu().numpy().astype(np.float64))
+                positions[done * p:(done + len(mm)) * p] = mm.reshape(-1, 3)
+                done += len(mm)
+        positions.flush()
+        t_sample = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        _write(positions, p, out_file, ref_affine, ref_shape, tmp)
+        t_write = time.perf_counter() - t2
+        del positions
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    peak = {"PeakRSSMiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.startswith("cuda"):
+        peak["PeakGPUMemoryMiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return {
+        "Description": "Whole-brain tractogram sampled by GenTract (generative global "
+                       "tractography): every streamline is generated whole, conditioned on the "
+                       "subject's fODF",
+        "Model": {"Name": meta.get("provenance", {}).get("recipe", "gentract"),
+                  "SHA256": meta["sha256"], "Objective": meta["model_config"].get("objective"),
+                  "TrainedOn": meta.get("provenance", {}).get("train_subjects")},
+        "Sampler": sampler,
+        "FlowMethod": model.config.flow_method if sampler == "flow" else None,
+        "Steps": steps,
+        "RandomSeed": int(seed),
+        "Device": device,
+        "BatchSize": batch_size,
+        "NumberOfStreamlines": int(n_streamlines),
+        "PointsPerStreamline": int(p),
+        "Timings": {"ContextSeconds": round(t_context, 3), "SamplingSeconds": round(t_sample, 3),
+                    "WritingSeconds": round(t_write, 3),
+                    "TotalSeconds": round(time.perf_counter() - t0, 3)},
+        "StreamlinesPerSecond": round(n_streamlines / max(t_sample, 1e-9), 1),
+        "Memory": peak,
+    }
+
+
+def _write(positions: np.memmap, p: int, out_file: Path, affine, shape, layout: Path) -> None:
+    """Write the tractogram from the memory-mapped ``positions`` (n·p, 3) in ``layout`` without
+    an in-memory copy: TRX by completing the on-disk layout there (header, offsets), loading it
+    with trx-python and zipping it; TCK/TRK by streaming through nibabel."""
+    n = len(positions) // p
+    partial = out_file.with_name(f".{out_file.stem}.partial{out_file.suffix}")
+    if out_file.suffix.lower() == ".trx":
+        from trx import trx_file_memmap as tmm
+
+        # offsets carry the closing sentinel (n + 1 entries), as trx-python expects
+        header = {"DIMENSIONS": [int(s) for s in shape[:3]],
+                  "VOXEL_TO_RASMM": np.asarray(affine, float).tolist(),
+                  "NB_VERTICES": int(n * p), "NB_STREAMLINES": int(n)}
+        (layout / "header.json").write_text(json.dumps(header))
+        (np.arange(n + 1, dtype=np.uint64) * np.uint64(p)).tofile(layout / "offsets.uint64")
+        trx = tmm.load(str(layout))
+        try:
+            tmm.save(trx, str(partial))
+        finally:
+            trx.close()
+    else:
+        from ..io.tractogram import save_tractogram
+
+        save_tractogram(partial, lambda: (positions[i * p:(i + 1) * p] for i in range(n)),
+                        affine, shape)
+    os.replace(partial, out_file)

@@ -1,0 +1,527 @@
+"""Participant report: ``OUTPUT_DIR/sub-<label>.html`` built from the committed derivatives.
+
+Everything the report shows is read back from ``OUTPUT_DIR`` (sidecars, metrics JSON, bundle
+tables, figures) and, for the acquisition summary, from the input DWI named in
+``dataset_description.json``'s ``SourceDatasets``. Figures are referenced by relative path; the
+HTML is otherwise self-contained (inline CSS, no scripts).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+SERIES_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
+FOD_GLOB = "*_space-dwi_model-csd_param-fod_dwimap.json"
+TRACKER_NAMES = {"gentract": "GenTract", "ifod2": "MRtrix3 iFOD2", "sdstream": "MRtrix3 SD_Stream",
+                 "tckglobal": "MRtrix3 tckglobal", "dipydet": "dipy deterministic",
+                 "dipyprob": "dipy probabilistic"}
+MRTRIX_MODELS = ("ifod2", "sdstream", "tckglobal")
+
+REFERENCES = {
+    "gentract": "Sargood A, et al. GenTract: Generative Global Tractography. CVPR 2026.",
+    "csd": "Tournier J-D, Calamante F, Connelly A. Robust determination of the fibre orientation "
+           "distribution in diffusion MRI: non-negativity constrained super-resolved spherical "
+           "deconvolution. NeuroImage 35(4):1459-1472, 2007.",
+    "dipy": "Garyfallidis E, et al. Dipy, a library for the analysis of diffusion MRI data. "
+            "Front. Neuroinform. 8:8, 2014.",
+    "mrtrix": "Tournier J-D, et al. MRtrix3: A fast, flexible and open software framework for "
+              "medical image processing and visualisation. NeuroImage 202:116137, 2019.",
+    "nipype": "Gorgolewski K, et al. Nipype: a flexible, lightweight and extensible neuroimaging "
+              "data processing framework in Python. Front. Neuroinform. 5:13, 2011.",
+    "pybids": "Yarkoni T, et al. PyBIDS: Python tools for BIDS datasets. J. Open Source Softw. "
+              "4(40):1294, 2019.",
+    "tractometer": "Côté M-A, et al. Tractometer: towards validation of tractography pipelines. "
+                   "Med. Image Anal. 17(7):844-857, 2013.",
+    "tractometer2": "Renauld E, et al. Validate your white matter tractography algorithms with a "
+                    "reappraised ISMRM 2015 Tractography Challenge scoring system. Sci. Rep. "
+                    "13:2347, 2023.",
+    "recobundles": "Garyfallidis E, et al. Recognition of white matter bundles using local and "
+                   "global streamline-based registration and clustering. NeuroImage "
+                   "170:283-295, 2018.",
+}
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0 auto;
+max-width:1200px;padding:1em 2em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #345;padding-bottom:.2em}h2{color:#345;margin-top:1.8em;
+border-bottom:1px solid #ccc}h3{color:#456}
+nav a{margin-right:1em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+th{background:#eef2f6}td:first-child,th:first-child{text-align:left}
+tr.notfound td{color:#888}
+img{max-width:100%;border:1px solid #ddd;margin:.3em 0}
+.note{color:#666;font-size:.9em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;
+font-size:.8em}
+.refs li{margin-bottom:.3em;font-size:.9em}
+"""
+
+
+# -- reading the derivatives -----------------------------------------------------------------
+def filename_entities(name: str) -> dict:
+    """BIDS ``key-value`` pairs of a file name (short keys as written: sub, ses, model, ...)."""
+    stem = Path(name).name.split(".")[0]
+    return dict(p.split("-", 1) for p in stem.split("_") if "-" in p)
+
+
+def series_entities(name: str) -> dict:
+    """The entities that identify a DWI series (subject, session, acquisition, run)."""
+    ents = filename_entities(name)
+    return {long: ents[short] for long, short in SERIES_ENTITIES.items() if short in ents}
+
+
+def series_prefix(entities: dict) -> str:
+    return "_".join(f"{SERIES_ENTITIES[k]}-{entities[k]}" for k in SERIES_ENTITIES
+                    if k in entities)
+
+
+def find_series(output_dir, subject: str) -> list[dict]:
+    """Every committed DWI series of ``subject``: ``{"entities", "prefix", "dir", "fod"}``."""
+    output_dir = Path(output_dir)
+    subject = str(subject).removeprefix("sub-")
+    out = []
+    for fod in sorted((output_dir / f"sub-{subject}").glob(f"**/dwi/{FOD_GLOB}")):
+        ents = series_entities(fod.name)
+        out.append({"entities": ents, "prefix": series_prefix(ents), "dir": fod.parent,
+                    "fod": fod})
+    return out
+
+
+def find_models(series: dict) -> list[str]:
+    """Model labels of the whole-brain tractograms of one series (sorted, GenTract first)."""
+    models = set()
+    for side in series["dir"].glob(f"{series['prefix']}_space-dwi_model-*_streamlines.json"):
+        ents = filename_entities(side.name)
+        if "bundle" not in ents and series_entities(side.name) == series["entities"]:
+            models.add(ents["model"])
+    return sorted(models, key=lambda m: (m != "gentract", m))
+
+
+def read_tsv(path) -> list[dict]:
+    with Path(path).open(newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def tracker_files(series: dict, model: str) -> dict:
+    """Paths of one tracker's derivatives (they may not all exist)."""
+    d, p = series["dir"], series["prefix"]
+    return {"sidecar": d / f"{p}_space-dwi_model-{model}_streamlines.json",
+            "metrics": d / f"{p}_space-dwi_desc-eval_model-{model}_metrics.json",
+            "bundlestats": d / f"{p}_space-dwi_model-{model}_bundlestats.tsv"}
+
+
+def figure_path(output_dir, entities: dict, desc: str, model: str, suffix: str) -> Path:
+    """Where a figure lives, named by ``io_spec.json``."""
+    from ..io.bids import build_path
+
+    return Path(output_dir) / build_path({**entities, "datatype": "figures", "desc": desc,
+                                          "model": model, "suffix": suffix,
+                                          "extension": ".png"})
+
+
+def tracking_seconds(sidecar: dict) -> float | None:
+    """Seconds spent producing the streamlines (sampling for GenTract, tracking for dipy,
+    the whole command chain for MRtrix3)."""
+    t = sidecar.get("Timings", {})
+    for key in ("SamplingSeconds", "TrackingSeconds", "TotalSeconds"):
+        if t.get(key):
+            return float(t[key])
+    return None
+
+
+def streamlines_per_second(sidecar: dict, n_streamlines) -> float | None:
+    if sidecar.get("StreamlinesPerSecond"):
+        return float(sidecar["StreamlinesPerSecond"])
+    seconds = tracking_seconds(sidecar)
+    if seconds and n_streamlines not in (None, ""):
+        return float(n_streamlines) / seconds
+    return None
+
+
+def model_sha256(sidecar: dict) -> str | None:
+    model = sidecar.get("Model")
+    if isinstance(model, dict) and model.get("SHA256"):
+        return model["SHA256"]
+    return sidecar.get("ModelChecksum")
+
+
+def tracker_summary(series: dict, model: str) -> dict:
+    """One tracker's sidecar, metrics, bundle rows and derived numbers of one series."""
+    files = tracker_files(series, model)
+    sidecar = json.loads(files["sidecar"].read_text())
+    metrics = (json.loads(files["metrics"].read_text()) if files["metrics"].exists() else {})
+    bundles = read_tsv(files["bundlestats"]) if files["bundlestats"].exists() else []
+    n = metrics.get("n_streamlines", sidecar.get("NStreamlines",
+                                                 sidecar.get("NumberOfStreamlines")))
+    return {"model": model, "sidecar": sidecar, "metrics": metrics, "bundles": bundles,
+            "files": files, "n_streamlines": n,
+            "streamlines_per_second": streamlines_per_second(sidecar, n)}
+
+
+def source_dwi(output_dir, entities: dict) -> Path | None:
+    """The input DWI of a series, found through ``SourceDatasets`` (``file://`` URLs)."""
+    desc = Path(output_dir) / "dataset_description.json"
+    if not desc.exists():
+        return None
+    for src in json.loads(desc.read_text()).get("SourceDatasets", []):
+        url = str(src.get("URL", ""))
+        if not url.startswith("file://"):
+            continue
+        root = Path(url.removeprefix("file://"))
+        for path in sorted(root.glob(f"sub-{entities['subject']}/**/dwi/*_dwi.nii*")):
+            if series_entities(path.name) == entities:
+                return path
+    return None
+
+
+def input_summary(output_dir, series: dict) -> dict:
+    """Acquisition summary: from the input DWI and its .bval/.bvec when reachable, else from
+    the fODF derivative's header and sidecar."""
+    import nibabel as nb
+
+    fod_meta = json.loads(series["fod"].read_text())
+    params = fod_meta.get("Parameters", {})
+    info = {"csd_method": params.get("method"), "sh_order": params.get("sh_order"),
+            "shells_used": params.get("shells_used"),
+            "shells": params.get("shells_available"), "csd_voxels": params.get("n_voxels")}
+    dwi = source_dwi(output_dir, series["entities"])
+    if dwi is not None:
+        img = nb.load(dwi)
+        info.update(source=str(dwi), shape=tuple(int(s) for s in img.shape),
+                    voxel_mm=tuple(float(z) for z in img.header.get_zooms()[:3]),
+                    orientation="".join(nb.aff2axcodes(img.affine)))
+        bval = dwi.with_name(dwi.name.split(".")[0] + ".bval")
+        if bval.exists():
+            b = np.loadtxt(bval).ravel()
+            shells = np.round(b / 100.0) * 100.0
+            info["n_volumes"] = int(b.size)
+            info["n_b0"] = int((shells == 0).sum())
+            info["directions_per_shell"] = {int(s): int((shells == s).sum())
+                                            for s in np.unique(shells) if s > 0}
+    else:
+        img = nb.load(series["fod"].with_name(series["fod"].name.replace(".json", ".nii.gz")))
+        info.update(source=None, shape=tuple(int(s) for s in img.shape[:3]),
+                    voxel_mm=tuple(float(z) for z in img.header.get_zooms()[:3]),
+                    orientation="".join(nb.aff2axcodes(img.affine)))
+    return info
+
+
+def make_fod_figure(output_dir, series: dict) -> Path:
+    """The fODF figure of a series (peak-direction colour map), written under ``figures/``."""
+    import nibabel as nb
+
+    from .figures import plot_fod_peaks
+
+    meta = json.loads(series["fod"].read_text())
+    enc = meta.get("OrientationEncoding", {})
+    img = nb.load(series["fod"].with_name(series["fod"].name.replace(".json", ".nii.gz")))
+    mask_path = series["dir"] / f"{series['prefix']}_space-dwi_desc-brain_mask.nii.gz"
+    mask = np.asarray(nb.load(mask_path).dataobj) > 0 if mask_path.exists() else None
+    path = figure_path(output_dir, series["entities"], "fod", "csd", "dwi")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return plot_fod_peaks(np.asarray(img.dataobj, dtype=np.float32), img.affine, path,
+                          mask=mask, sh_order=int(enc.get("SphericalHarmonicDegree", 6)),
+                          basis=enc.get("SphericalHarmonicBasis", "descoteaux07"),
+                          legacy=bool(enc.get("LegacyBasis", False)),
+                          title=f"{series['prefix']}: fODF (CSD) peak directions")
+
+
+# -- HTML ------------------------------------------------------------------------------------
+def esc(value) -> str:
+    return html.escape(str(value))
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A table cell: floats to ``digits`` decimals, booleans as yes/no, None as an en dash."""
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, bool) or value in ("true", "false", "True", "False"):
+        return "yes" if str(value).lower() == "true" else "no"
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return esc(value)
+    if f.is_integer() and not isinstance(value, float) and "." not in str(value):
+        return str(int(f))
+    return f"{f:.{digits}f}"
+
+
+def kv_table(rows, cls: str = "kv") -> str:
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows if v is not None)
+    return f'<table class="{cls}">{body}</table>'
+
+
+def grid_table(header: list[str], rows: list[list[str]], *, row_attrs=None, cls="") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    row_attrs = row_attrs or [""] * len(rows)
+    body = "".join(f"<tr{a}>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
+                   for r, a in zip(rows, row_attrs))
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def img_tag(output_dir, path: Path, alt: str) -> str:
+    rel = Path(path).relative_to(output_dir).as_posix()
+    return f'<img src="{esc(rel)}" alt="{esc(alt)}">'
+
+
+def page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n"
+            "</body></html>\n")
+
+
+def _inputs_html(info: dict) -> str:
+    shells = info.get("directions_per_shell")
+    rows = [("input DWI", esc(info["source"]) if info.get("source") else
+             "not reachable (summary from the fODF derivative)"),
+            ("image shape", esc(" × ".join(map(str, info["shape"])))),
+            ("voxel size (mm)", esc(" × ".join(f"{z:.2f}" for z in info["voxel_mm"]))),
+            ("orientation", esc(info.get("orientation"))),
+            ("volumes", fmt(info.get("n_volumes"))),
+            ("b = 0 volumes", fmt(info.get("n_b0"))),
+            ("directions per shell", esc(", ".join(f"b={b}: {n}" for b, n in shells.items()))
+             if shells else None),
+            ("shells (s/mm²)", esc(", ".join(f"{s:g}" for s in info["shells"] or []))
+             if info.get("shells") else None),
+            ("CSD", esc(f"{info.get('csd_method')}, L_max {info.get('sh_order')}, shell(s) "
+                        + ", ".join(f"{s:g}" for s in info.get("shells_used") or []))),
+            ("voxels fitted", fmt(info.get("csd_voxels")))]
+    return kv_table(rows)
+
+
+METRIC_ROWS = (("n_streamlines", "streamlines"), ("precision", "precision (valid streamlines)"),
+               ("mean_f1", "mean F1"), ("mean_overlap", "mean overlap"),
+               ("mean_overreach", "mean overreach"), ("n_vs", "valid streamlines (VS)"),
+               ("n_is", "invalid streamlines (IS)"), ("n_ic", "invalid connections (IC)"),
+               ("n_nc", "no connection (NC)"), ("ib", "invalid bundles (IB)"),
+               ("density_dice", "density Dice"))
+SANITY_ROWS = (("fraction_points_in_wm", "points in WM"), ("wm_coverage", "WM coverage"),
+               ("fraction_endpoints_in_gm", "endpoints in GM"),
+               ("fraction_out_of_brain", "streamlines leaving the brain"),
+               ("fraction_loop", "looping streamlines"), ("n_flagged", "flagged streamlines"))
+
+
+def _tracker_html(output_dir, series: dict, t: dict) -> str:
+    m, side, met = t["model"], t["sidecar"], t["metrics"]
+    anchor = f"{series['prefix']}-{m}"
+    out = [f'<section class="tracker" id="tracker-{esc(anchor)}">'
+           f"<h3>Tractography: {esc(TRACKER_NAMES.get(m, m))} (model-{esc(m)})</h3>"]
+    desc = side.get("Description") or side.get("Algorithm")
+    if desc:
+        out.append(f"<p>{esc(desc)}</p>")
+    fig = figure_path(output_dir, series["entities"], "directions", m, "streamlines")
+    if fig.exists():
+        out.append("<h4>Tractogram (segments coloured by direction: red left-right, green "
+                   "anterior-posterior, blue inferior-superior)</h4>"
+                   + img_tag(output_dir, fig, f"{m} tractogram"))
+    mode = met.get("mode", "none")
+    out.append(f'<h4>Evaluation summary <span class="note">(mode: {esc(mode)})</span></h4>')
+    rows = [(label, fmt(met.get(k))) for k, label in METRIC_ROWS if met.get(k) is not None]
+    if met.get("valid_bundles") is not None and met.get("n_bundles"):
+        rows.insert(2, ("bundles found / total", f"{met['valid_bundles']} / {met['n_bundles']}"))
+    sps = t["streamlines_per_second"]
+    rows.append(("streamlines per second", fmt(sps, 1) if sps else None))
+    sanity = met.get("sanity") or {}
+    length = sanity.get("length_mm") or {}
+    if length:
+        rows.append(("length mean / median (mm)",
+                     f"{fmt(length.get('mean'), 1)} / {fmt(length.get('median'), 1)}"))
+    rows += [(label, fmt(sanity.get(k))) for k, label in SANITY_ROWS if k in sanity]
+    out.append(kv_table(rows, "metrics"))
+    if t["bundles"]:
+        cols = [c for c in t["bundles"][0] if c != "bundle"]
+        trs = [[esc(r["bundle"])] + [fmt(r[c]) for c in cols] for r in t["bundles"]]
+        attrs = [f' data-bundle="{esc(r["bundle"])}"'
+                 + ("" if str(r.get("found", "true")).lower() == "true" else ' class="notfound"')
+                 for r in t["bundles"]]
+        out.append("<h4>Bundles</h4>" + grid_table(["bundle", *cols], trs, row_attrs=attrs,
+                                                    cls=f"bundles model-{esc(m)}"))
+    for desc_, suffix, what in (("f1", "bundlestats", "Per-bundle F1"),
+                                ("bundles", "bundles", "Valid streamlines by bundle")):
+        fig = figure_path(output_dir, series["entities"], desc_, m, suffix)
+        if fig.exists():
+            out.append(f"<h4>{what}</h4>" + img_tag(output_dir, fig, f"{m} {what}"))
+    timings = dict(side.get("Timings", {}))
+    for k, v in (side.get("Evaluation", {}).get("Timings") or {}).items():
+        timings[k] = v
+    if timings:
+        out.append("<h4>Timings (s)</h4>"
+                   + kv_table([(k, fmt(v, 2)) for k, v in timings.items()], "timings"))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _provenance_rows(fod_meta: dict, trackers: list[dict]) -> list:
+    rows = [("software", esc(f"{fod_meta.get('Software', 'gentract')} "
+                             f"{fod_meta.get('Version', '')}")),
+            ("container", esc(fod_meta.get("Container") or "none")),
+            ("device", esc(fod_meta.get("Device"))),
+            ("random seed", esc(fod_meta.get("RandomSeed")))]
+    for t in trackers:
+        s, m = t["sidecar"], t["model"]
+        bits = [f"seed {s.get('RandomSeed')}", f"device {s.get('Device')}"]
+        if s.get("Software") and s["Software"] != "gentract":
+            bits.insert(0, s["Software"])
+        if model_sha256(s):
+            name = s["Model"].get("Name") if isinstance(s.get("Model"), dict) else None
+            bits.append(f"model {name or ''} sha256 {model_sha256(s)}".replace("  ", " "))
+        for key, label in (("Sampler", "sampler"), ("Steps", "steps"),
+                           ("BatchSize", "batch size")):
+            if s.get(key) is not None:
+                bits.append(f"{label} {s[key]}")
+        if s.get("Deterministic") is not None:
+            bits.append("deterministic" if s["Deterministic"] else "not bit-reproducible")
+        rows.append((f"model-{m}", esc("; ".join(bits))))
+        if s.get("Commands"):
+            cmds = [c if isinstance(c, str) else " ".join(map(str, c)) for c in s["Commands"]]
+            rows.append((f"model-{m} commands", "<pre>" + esc("\n".join(cmds)) + "</pre>"))
+    return rows
+
+
+def methods_paragraph(series_list: list[dict]) -> tuple[str, list[str]]:
+    """Boiler-plate methods text for what ran, and the reference keys it cites (in order)."""
+    cites: list[str] = []
+
+    def cite(*keys):
+        for k in keys:
+            if k not in cites:
+                cites.append(k)
+        return "[" + ", ".join(str(cites.index(k) + 1) for k in keys) + "]"
+
+    first = series_list[0]
+    fod = first["fod_meta"]
+    p = fod.get("Parameters", {})
+    shells = ", ".join(f"{s:g}" for s in p.get("shells_used") or [])
+    text = [f"Results included in this report were generated by gentract "
+            f"{esc(fod.get('Version', ''))}, a BIDS-App built on nipype {cite('nipype')} and "
+            f"pybids {cite('pybids')}. Fibre orientation distributions were estimated per voxel "
+            f"with {'single-shell' if p.get('method') == 'ssst' else 'multi-shell multi-tissue'}"
+            f" constrained spherical deconvolution {cite('csd')} as implemented in dipy "
+            f"{cite('dipy')} (spherical-harmonic order {esc(p.get('sh_order'))}, "
+            f"b = {esc(shells)} s/mm², response from high-FA voxels of the brain mask)."]
+    models = sorted({t["model"] for s in series_list for t in s["trackers"]})
+    for m in models:
+        if m == "gentract":
+            text.append(f"Whole-brain tractograms were sampled with GenTract {cite('gentract')},"
+                        " a generative model that produces complete streamlines conditioned on "
+                        "the subject's fODF.")
+        elif m in MRTRIX_MODELS:
+            text.append(f"Baseline tractograms were computed with MRtrix3 {cite('mrtrix')} "
+                        f"({esc(TRACKER_NAMES[m])}).")
+        elif m.startswith("dipy"):
+            text.append(f"Baseline tractograms were computed with dipy's local tracking "
+                        f"{cite('dipy')} ({esc(TRACKER_NAMES.get(m, m))}, CMC stopping).")
+    modes = {t["metrics"].get("mode") for s in series_list for t in s["trackers"]}
+    if "groundtruth" in modes:
+        text.append("Tractograms were scored against the known ground truth with "
+                    f"Tractometer-style metrics {cite('tractometer', 'tractometer2')} (valid and "
+                    "invalid streamlines and bundles, per-bundle overlap, overreach and F1).")
+    if "atlas" in modes:
+        text.append(f"Bundles were recognised with atlas-based methods {cite('recobundles')}.")
+    if "sanity" in modes:
+        text.append("Tractograms without a reference were described by sanity metrics only "
+                    "(lengths, loops, tissue fractions, coverage).")
+    return " ".join(text), cites
+
+
+def write_subject_report(output_dir, subject, *, config: dict | None = None,
+                         command: str | None = None) -> Path:
+    """Write ``OUTPUT_DIR/sub-<label>.html`` for one participant from its committed derivatives
+    (and the fODF figure ``sub-<label>/figures/..._desc-fod_model-csd_dwi.png``).
+
+    ``config`` (the run's configuration as a dict) and ``command`` (its command line) are shown
+    in the provenance section when given. Raises :class:`~gentract_bids.errors.NoInputError`
+    when the subject has no fODF derivative in ``output_dir``."""
+    import tomli_w
+
+    from ..errors import NoInputError
+
+    output_dir = Path(output_dir)
+    subject = str(subject).removeprefix("sub-")
+    series_list = find_series(output_dir, subject)
+    if not series_list:
+        raise NoInputError(f"no participant-level outputs for sub-{subject} in {output_dir} "
+                           f"(expected sub-{subject}/[ses-*/]dwi/{FOD_GLOB})")
+    for s in series_list:
+        s["fod_meta"] = json.loads(s["fod"].read_text())
+        s["trackers"] = [tracker_summary(s, m) for m in find_models(s)]
+        s["inputs"] = input_summary(output_dir, s)
+        s["fod_figure"] = make_fod_figure(output_dir, s)
+
+    nav = ['<a href="#summary">Summary</a>', '<a href="#inputs">Inputs</a>',
+           '<a href="#fodf">fODF</a>', '<a href="#tractography">Tractography</a>',
+           '<a href="#provenance">Provenance</a>', '<a href="#methods">Methods</a>']
+    body = [f"<h1>gentract report: sub-{esc(subject)}</h1><nav>{''.join(nav)}</nav>"]
+
+    # summary: one row per series x tracker
+    rows = []
+    for s in series_list:
+        for t in s["trackers"]:
+            met = t["metrics"]
+            found = (f"{met['valid_bundles']} / {met['n_bundles']}"
+                     if met.get("n_bundles") else "–")
+            rows.append([esc(s["prefix"]), f'<a href="#tracker-{esc(s["prefix"])}-'
+                         f'{esc(t["model"])}">{esc(t["model"])}</a>',
+                         esc(met.get("mode", "none")), fmt(t["n_streamlines"]),
+                         fmt(met.get("precision")), found, fmt(met.get("mean_f1")),
+                         fmt(t["streamlines_per_second"], 1)])
+    models = sorted({t["model"] for s in series_list for t in s["trackers"]})
+    body.append('<section id="summary"><h2>Summary</h2>'
+                f"<p>{len(series_list)} DWI series; trackers: "
+                f"{esc(', '.join(models) or 'none (fODF only)')}.</p>")
+    if rows:
+        body.append(grid_table(["series", "tracker", "evaluation", "streamlines", "precision",
+                                "bundles found", "mean F1", "streamlines/s"], rows,
+                               cls="summary"))
+    body.append("</section>")
+
+    body.append('<section id="inputs"><h2>Inputs</h2>')
+    for s in series_list:
+        body.append(f"<h3>{esc(s['prefix'])}</h3>" + _inputs_html(s["inputs"]))
+    body.append("</section>")
+
+    body.append('<section id="fodf"><h2>fODF</h2><p class="note">Central slices through the '
+                "brain mask; colour = direction of the fODF maximum (red left-right, green "
+                "anterior-posterior, blue inferior-superior), brightness = its amplitude; "
+                "white lines: the in-plane peak direction.</p>")
+    for s in series_list:
+        t = s["fod_meta"].get("Timings", {})
+        body.append(f"<h3>{esc(s['prefix'])}</h3>"
+                    + img_tag(output_dir, s["fod_figure"], "fODF peak directions")
+                    + (f'<p class="note">CSD: {fmt(t.get("CSDSeconds"), 1)} s</p>'
+                       if t.get("CSDSeconds") else ""))
+    body.append("</section>")
+
+    body.append('<section id="tractography"><h2>Tractography</h2>')
+    for s in series_list:
+        if not s["trackers"]:
+            body.append(f"<p>{esc(s['prefix'])}: no tractogram (fODF stage only).</p>")
+        for t in s["trackers"]:
+            body.append(_tracker_html(output_dir, s, t))
+    body.append("</section>")
+
+    body.append('<section id="provenance"><h2>Provenance</h2>')
+    for s in series_list:
+        body.append(f"<h3>{esc(s['prefix'])}</h3>"
+                    + kv_table(_provenance_rows(s["fod_meta"], s["trackers"])))
+    if command:
+        body.append(f"<h3>Command line</h3><pre>{esc(command)}</pre>")
+    if config:
+        body.append("<details><summary>Configuration</summary><pre>"
+                    + esc(tomli_w.dumps(config)) + "</pre></details>")
+    body.append("</section>")
+
+    text, cites = methods_paragraph(series_list)
+    refs = "".join(f"<li>{esc(REFERENCES[k])}</li>" for k in cites)
+    body.append(f'<section id="methods"><h2>Methods</h2><p>{text}</p>'
+                f'<h3>References</h3><ol class="refs">{refs}</ol></section>')
+
+    path = output_dir / f"sub-{subject}.html"
+    path.write_text(page(f"gentract: sub-{subject}", "\n".join(body)), encoding="utf-8")
+    return path

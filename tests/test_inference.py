@@ -1,0 +1,170 @@
+"""GenTract inference: sampling to files, seeds, checkpoint checks, and the BIDS-App workflow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from bids.layout import parse_file_entities
+
+from gentract_bids.cli.run import main
+from gentract_bids.errors import EX_DATAERR, EX_USAGE
+from gentract_bids.io.bids import build_path, io_spec
+from gentract_bids.io.checkpoint import save_checkpoint
+from gentract_bids.io.tractogram import load_tractogram
+from gentract_bids.model.encoder import EncoderConfig
+from gentract_bids.model.gentract import GenTract, GenTractConfig
+from gentract_bids.model.inference import (SHIPPED_MODEL, ModelMismatchError, check_compatible,
+                                           load_model, sample_tractogram)
+from gentract_bids.model.transformer import TransformerConfig
+from gentract_bids.model.vae import VAEConfig
+from gentract_bids.phantom.cohort import make_cohort
+
+torch.set_num_threads(1)
+META = {
+    "zscore": {"mean": [0.0] * 28, "std": [1.0] * 28},
+    "coord_bounds": {"lo": [-60.0, -70.0, -50.0], "hi": [60.0, 70.0, 50.0]},
+    "provenance": {"software": "gentract", "recipe": "tiny-test", "random_seed": 0},
+}
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def tiny_model(objective="flow", **kw) -> GenTract:
+    """A tiny GenTract on the real canonical grid (80, 96, 80) unless told otherwise."""
+    cfg = GenTractConfig(objective=objective,
+                         vae=VAEConfig(channels=(2, 4, 4), norm_num_groups=2),
+                         encoder=EncoderConfig(channels=(4, 4), out_channels=1, emb_dim=4,
+                                               norm_num_groups=2, downsample=4),
+                         transformer=TransformerConfig(width=16, depth=1, heads=2, n_points=8),
+                         **kw)
+    torch.manual_seed(0)
+    return GenTract(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(path, tiny_model(), META)
+    return path
+
+
+@pytest.fixture(scope="module")
+def zscored_sh():
+    return np.random.default_rng(0).normal(size=(80, 96, 80, 28)).astype(np.float32)
+
+
+def _sample(ckpt, sh, path, seed, n=300, **kw):
+    model, meta = load_model(ckpt)
+    info = sample_tractogram(model, meta, sh, path, n_streamlines=n, ref_affine=AFFINE,
+                             ref_shape=(60, 70, 50), seed=seed, batch_size=128, **kw)
+    return np.stack(load_tractogram(path)[0]), info
+
+
+def test_same_seed_same_streamlines_and_formats_agree(tiny_ckpt, zscored_sh, tmp_path):
+    a, info = _sample(tiny_ckpt, zscored_sh, tmp_path / "a.trx", seed=7)
+    b, _ = _sample(tiny_ckpt, zscored_sh, tmp_path / "b.trx", seed=7)
+    c, _ = _sample(tiny_ckpt, zscored_sh, tmp_path / "c.trx", seed=8)
+    assert a.shape == (300, 8, 3)  # n streamlines of the model's p points, batches of 128
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 1.0  # another seed gives other streamlines (mm)
+    for fmt in ("tck", "trk"):
+        d, _ = _sample(tiny_ckpt, zscored_sh, tmp_path / f"d.{fmt}", seed=7)
+        np.testing.assert_allclose(d, a, atol=1e-3)
+    assert not list(tmp_path.glob(".*"))  # no temporary layout or partial file is left behind
+    assert info["Sampler"] == "flow" and info["Steps"] == 10 and info["RandomSeed"] == 7
+    assert info["NumberOfStreamlines"] == 300 and info["Model"]["SHA256"]
+    assert info["StreamlinesPerSecond"] > 0 and info["Timings"]["SamplingSeconds"] > 0
+
+
+def test_context_changes_the_streamlines(tiny_ckpt, zscored_sh, tmp_path):
+    a, _ = _sample(tiny_ckpt, zscored_sh, tmp_path / "a.trx", seed=1)
+    b, _ = _sample(tiny_ckpt, -zscored_sh, tmp_path / "b.trx", seed=1)
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_mismatched_checkpoints_are_refused(tiny_ckpt, zscored_sh, tmp_path):
+    _, meta = load_model(tiny_ckpt)
+    check_compatible(meta, sh_order=6, grid_spacing=1.875, grid_shape=(80, 96, 80))
+    with pytest.raises(ModelMismatchError, match="SH order 6.*order 8"):
+        check_compatible(meta, sh_order=8)
+    with pytest.raises(ModelMismatchError, match="grid spacing"):
+        check_compatible(meta, sh_order=6, grid_spacing=2.0)
+    with pytest.raises(ModelMismatchError, match="--sampler flow"):
+        check_compatible(meta, sh_order=6, sampler="ddim")
+    with pytest.raises(ModelMismatchError, match="legacy"):
+        check_compatible({**meta, "legacy_basis": True}, sh_order=6)
+    with pytest.raises(ModelMismatchError, match="shape"):  # a volume not on the model's grid
+        _sample(tiny_ckpt, zscored_sh[:40], tmp_path / "x.trx", seed=1)
+
+
+def test_shipped_model_loads_and_fits_the_default_run():
+    model, meta = load_model()
+    assert SHIPPED_MODEL.with_suffix(".safetensors").stat().st_size < 20 * 2**20
+    check_compatible(meta, sh_order=6, grid_spacing=1.875, grid_shape=(80, 96, 80))
+    assert meta["provenance"]["train_subjects"] and meta["zscore"]["mean"]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gentract_run")
+    return make_cohort(root / "bids", n_subjects=1, voxel_size=3.0, seed=11,
+                       n_truth_streamlines=50)
+
+
+def test_cli_refuses_a_mismatched_model_before_writing(phantom, tmp_path, capsys):
+    path = tmp_path / "ckpt" / "grid2mm"
+    save_checkpoint(path, tiny_model(grid_spacing=2.0), META)
+    out = tmp_path / "out"
+    code = main([str(phantom), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--model", str(path)])
+    assert code == EX_USAGE
+    err = capsys.readouterr().err
+    assert "does not fit this run" in err and "grid spacing is 2.0 mm" in err
+    assert not out.exists()
+    (tmp_path / "ckpt" / "grid2mm.safetensors").write_bytes(b"tampered")
+    code = main([str(phantom), str(out), "participant", "--skip-bids-validation",
+                 "--model", str(path)])
+    assert code == EX_DATAERR and "checksum" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_gentract_workflow_writes_named_scored_tractograms(phantom, tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    n = 200
+    args = [str(phantom), str(out), "participant", "-w", str(tmp_path / "work"),
+            "--skip-bids-validation", "--model", str(tiny_ckpt), "--n-streamlines", str(n),
+            "--steps", "4", "--random-seed", "3", "--min-bundle-streamlines", "2"]
+    assert main(args) == 0
+    dwi = out / "sub-01" / "dwi"
+    trx = dwi / "sub-01_space-dwi_model-gentract_streamlines.trx"
+    spec = {k: io_spec()[k] for k in ("name", "entities")}
+    # every output is named as io_spec.json builds it from its own entities
+    paths = sorted(out.glob("sub-01/**/*gentract*"))
+    assert len(paths) > 10
+    for path in paths:
+        ents = parse_file_entities(str(path), config=[spec])
+        assert build_path(ents) == str(path.relative_to(out)), path
+    streamlines, _ = load_tractogram(trx)
+    assert len(streamlines) == n and len(streamlines[0]) == 8
+    side = json.loads(trx.with_suffix(".json").read_text())
+    assert side["Sampler"] == "flow" and side["Steps"] == 4 and side["Device"] == "cpu"
+    assert side["NumberOfStreamlines"] == n and side["Timings"]["SamplingSeconds"] > 0
+    assert side["Model"]["SHA256"] == side["ModelChecksum"]
+    assert side["RandomSeed"] == 3 and side["Evaluation"]
+    metrics = json.loads((dwi / "sub-01_space-dwi_desc-eval_model-gentract_metrics.json")
+                         .read_text())
+    assert metrics["mode"] == "groundtruth" and metrics["n_streamlines"] == n
+    # the canonical fODF the model read was z-scored with the checkpoint's statistics
+    canon = json.loads((dwi / "sub-01_space-gentract_desc-zscored_model-csd_param-fod_dwimap"
+                               ".json").read_text())
+    assert canon["ZScore"]["Statistics"].startswith("model:")
+    # a second run with the same seed gives the same streamlines
+    out2 = tmp_path / "out2"
+    args2 = [a if a != str(out) else str(out2) for a in args]
+    args2[args2.index("-w") + 1] = str(tmp_path / "work2")
+    assert main(args2) == 0
+    again, _ = load_tractogram(out2 / trx.relative_to(out))
+    np.testing.assert_array_equal(np.stack(again), np.stack(streamlines))
