@@ -307,20 +307,21 @@ CONTEXTS = ("own", "other", "zero")
 
 
 def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=None,
-                   context: str = "own", steps=None):
+                   context: str = "own", steps=None, sha256=None):
     """GenTract sampling from the checkpoint ``model`` (default: the shipped one), conditioned on
     ``inputs.dipy_sh`` (the condition's fODF, noise included) through the app's own code: the
     canonical grid (:func:`fodf.grid.to_canonical`), the model's z-score statistics and
     :func:`model.inference.sample_tractogram`. ``context`` is the ablation of issue 5: ``own``
     (the subject's fODF), ``other`` (the next subject's fODF of the same cohort and condition) or
-    ``zero`` (an all-zero z-scored volume: no anatomy at all)."""
+    ``zero`` (an all-zero z-scored volume: no anatomy at all). ``sha256``: refuse another
+    checkpoint than the one the run's cache key names."""
     from gentract_bids.fodf.grid import to_canonical, zscore
     from gentract_bids.io.tractogram import load_tractogram
     from gentract_bids.model.inference import load_model, sample_tractogram
 
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
-    net, meta = load_model(model)
+    net, meta = load_model(model, expected_sha256=sha256)
     cfg = net.config
     sh_file, mask_file = inputs.dipy_sh, inputs.mask
     if context == "other":  # the next subject of the same cohort (wrapping around)

@@ -7,14 +7,14 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DEMO=${DEMO_DIR:-demo}
 N=${DEMO_SUBJECTS:-2}
-S=${DEMO_STREAMLINES:-5000}
+S=${DEMO_STREAMLINES:-2000}
 export NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0
 rm -rf "$DEMO"
 echo "== 1/3 phantom cohort: $N subjects with ground truth -> $DEMO/bids"
 time "$BIN/gentract-phantom" "$DEMO/bids" --n-subjects "$N" --seed 1000
 echo "== 2/3 participant level: GenTract and SD_Stream, $S streamlines each -> $DEMO/out"
 time "$BIN/gentract" "$DEMO/bids" "$DEMO/out" participant -w "$DEMO/work" --random-seed 0 \
-  --tracker gentract sdstream --n-streamlines "$S" --nprocs 2
+  --tracker gentract sdstream --n-streamlines "$S" --sift-factor 5 --nprocs 2
 echo "== 3/3 group level"
 "$BIN/gentract" "$DEMO/bids" "$DEMO/out" group -w "$DEMO/work"
 echo
