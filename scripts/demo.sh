@@ -19,9 +19,14 @@ echo "== 3/3 group level"
 "$BIN/gentract" "$DEMO/bids" "$DEMO/out" group -w "$DEMO/work"
 echo
 echo "Precision (ground truth) per subject and tracker:"
-for f in "$DEMO"/out/sub-*/dwi/*_desc-eval_*_metrics.json; do
-  "$BIN/python" -c 'import json,sys; m=json.load(open(sys.argv[1])); print(f"  {sys.argv[1].split(\"/\")[-1]}: precision {100*m[\"precision\"]:.1f} %, bundles {m[\"valid_bundles\"]}/{m[\"n_bundles\"]}")' "$f"
-done
+"$BIN/python" - "$DEMO"/out/sub-*/dwi/*_desc-eval_*_metrics.json <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    m = json.load(open(path))
+    name = path.rsplit("/", 1)[-1]
+    print(f"  {name}: precision {100 * m['precision']:.1f} %, "
+          f"bundles {m['valid_bundles']}/{m['n_bundles']}")
+PY
 echo
 echo "Reports: $(ls "$DEMO"/out/sub-*.html | tr '\n' ' ')"
 echo "Group report: $DEMO/out/group.html"

@@ -175,6 +175,13 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     ncfg.set("execution", "crashfile_format", "txt")
     ncfg.set("execution", "stop_on_first_crash", "false")
     ncfg.set("monitoring", "enabled", "false")
+    # MultiProc workers start from a forkserver and read nipype's config afresh: hand them this
+    # one (log levels, crash folder) through NIPYPE_CONFIG_DIR
+    cfg_dir = ex.work_dir / "nipype"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg_dir / "nipype.cfg", "w") as fh:
+        ncfg._config.write(fh)
+    os.environ["NIPYPE_CONFIG_DIR"] = str(cfg_dir)
     wf = init_gentract_wf(config, inputs, device)
     # forkserver, not fork: a worker forked from a process whose OpenMP pool has started (torch
     # loaded the model to check it) can deadlock in its first parallel op
