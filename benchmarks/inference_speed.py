@@ -210,15 +210,17 @@ def sampling_flops(model, steps: int | None = None, batch: int = 8) -> dict:
     model.context_grid_shape = grid
     ctx = torch.zeros((1, math.prod(grid), tf.context_dim), device=dev)
     x = torch.zeros((batch, model.config.n_points, 3), device=dev)
+    volume = (torch.zeros((1, model.config.n_coeffs) + tuple(model.config.grid_shape), device=dev)
+              if model.uses_volume else None)  # local fODF features: sampled at every call
     custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
     calls = []
     with torch.inference_mode():
         cache = tf.precompute_context(ctx, grid)
         with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-            tf(x, torch.full((batch,), 0.5, device=dev), cache, grid_shape=grid)
+            model.model_fn(cache, volume)(x, torch.full((batch,), 0.5, device=dev))
         hook = tf.register_forward_hook(lambda *_: calls.append(1))
         try:
-            for _ in model.sample_batches(ctx, 2, steps=steps, batch_size=2):
+            for _ in model.sample_batches(ctx, 2, steps=steps, batch_size=2, volume=volume):
                 pass
         finally:
             hook.remove()

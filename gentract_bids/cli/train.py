@@ -182,6 +182,7 @@ def train(opts) -> dict:
     val_pairs = data.choose_pairs(split["validation"], rotations, 0, seed=opts.random_seed)
 
     model = GenTract(cfg).to(device)
+    model.set_coordinate_bounds(data.lo, data.hi)
     ctx = RunContext(run_dir=run_dir, seed=opts.random_seed, device=device,
                      progress=not opts.no_progress, rank=rank, world_size=world)
     ctx.timings["fodf_seconds"] = round(t_fod, 1)

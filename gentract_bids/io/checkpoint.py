@@ -166,5 +166,7 @@ def load_checkpoint(path, device="cpu", expected_sha256: str | None = None):
         raise CheckpointError(f"checkpoint weights {weights} do not match its model_config: "
                               + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+    if meta.get("coord_bounds"):
+        model.set_coordinate_bounds(meta["coord_bounds"]["lo"], meta["coord_bounds"]["hi"])
     model.to(device).eval()
     return model, meta

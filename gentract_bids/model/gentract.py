@@ -4,7 +4,11 @@ Usage::
 
     model = GenTract(GenTractConfig())
     z = model.encode_context(sh)                  # (m, X, Y, Z) z-scored SH volume -> (1, T, m·C_c)
-    unit = model.sample(z, 10_000, generator=g)   # (N, p, 3) in [-1, 1]
+    unit = model.sample(z, 10_000, generator=g, volume=sh)  # (N, p, 3) in [-1, 1]
+
+``volume`` (the same z-scored SH volume) is needed only by a model with local fODF features
+(``config.local.enabled``, see :mod:`.local`); such a model also needs the coordinate bounds
+(:meth:`GenTract.set_coordinate_bounds`; a loaded checkpoint has them).
     mm = CoordinateScaler(lo, hi).to_mm(unit)     # back to RAS+ millimetres
 
 Streamline coordinates inside the model are min–max scaled to [-1, 1] per axis with training-set
@@ -24,6 +28,7 @@ from ..fodf.csd import n_coeffs as _n_coeffs
 from .diffusion import DiffusionObjective
 from .encoder import ConditionedEncoder, EncoderConfig
 from .flow import METHODS, FlowMatchingObjective
+from .local import LocalConfig, LocalFeatures
 from .transformer import ContextCache, StreamlineTransformer, TransformerConfig
 from .vae import CoefficientVAEs, VAEConfig
 
@@ -45,6 +50,7 @@ class GenTractConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
 
     def __post_init__(self) -> None:
         self.grid_shape = tuple(int(s) for s in self.grid_shape)
@@ -82,6 +88,7 @@ class GenTractConfig:
         d["vae"] = VAEConfig.from_dict(d.get("vae", {}))
         d["encoder"] = EncoderConfig.from_dict(d.get("encoder", {}))
         d["transformer"] = TransformerConfig.from_dict(d.get("transformer", {}))
+        d["local"] = LocalConfig.from_dict(d.get("local", {}))
         return cls(**d)
 
 
@@ -96,6 +103,8 @@ class GenTract(nn.Module):
         self.vaes = CoefficientVAEs(m, cfg.vae)
         self.encoder = ConditionedEncoder(m, cfg.vae.latent_channels, cfg.encoder)
         self.transformer = StreamlineTransformer(cfg.transformer, self.encoder.out_features)
+        self.local = (LocalFeatures(cfg.local, m, cfg.transformer.width, cfg.grid_spacing)
+                      if cfg.local.enabled else None)
         if cfg.objective == "diffusion":
             self.objective = DiffusionObjective(clip_sample=cfg.clip_sample,
                                                 clip_range=float(cfg.data_scale))
@@ -131,24 +140,47 @@ class GenTract(nn.Module):
         self.context_grid_shape = self.encoder.grid_shape(tuple(latents.shape[-3:]))
         return self.encoder(latents)
 
-    def model_fn(self, context: "Tensor | ContextCache"):
-        """The closure ``(x_t, t) -> prediction`` the objectives call."""
+    @property
+    def uses_volume(self) -> bool:
+        """True when sampling and training need the SH volume itself (local fODF features)."""
+        return self.local is not None
+
+    def set_coordinate_bounds(self, lo, hi) -> None:
+        """Training-set bounds of the [-1, 1] coordinates (needed by local fODF features)."""
+        if self.local is not None:
+            self.local.set_bounds(lo, hi)
+
+    def _local_volume(self, volume: Tensor | None) -> Tensor | None:
+        if self.local is None:
+            return None
+        if volume is None:
+            raise ValueError("this model samples the fODF along each streamline (local features): "
+                             "pass the z-scored SH volume as volume=")
+        return volume[None] if volume.ndim == 4 else volume
+
+    def model_fn(self, context: "Tensor | ContextCache", volume: Tensor | None = None):
+        """The closure ``(x_t, t) -> prediction`` the objectives call. ``volume`` (1, m, X, Y, Z)
+        or (m, X, Y, Z): the z-scored SH volume, for a model with local fODF features."""
         grid = self.context_grid_shape
+        vol = self._local_volume(volume)
+        scale = float(self.config.data_scale)
 
         def fn(x_t: Tensor, t: Tensor) -> Tensor:
-            return self.transformer(x_t, t, context, grid_shape=grid)
+            local = None if vol is None else self.local(vol, x_t / scale)
+            return self.transformer(x_t, t, context, grid_shape=grid, local=local)
 
         return fn
 
     # -- training ------------------------------------------------------------------------------
     def generator_loss(self, context: Tensor, x1_batch: Tensor,
-                       generator: torch.Generator | None = None) -> Tensor:
+                       generator: torch.Generator | None = None,
+                       volume: Tensor | None = None) -> Tensor:
         """Objective loss of streamlines ``x1_batch`` (B, p, 3) in [-1, 1] given a context of
         batch 1 (broadcast to B) or B. Gradients flow into E^c through ``context``."""
         if context.shape[0] not in (1, x1_batch.shape[0]):
             raise ValueError(f"context batch {context.shape[0]} vs streamline batch {x1_batch.shape[0]}")
         x1 = x1_batch * self.config.data_scale
-        return self.objective.loss(self.model_fn(context), x1, generator=generator)
+        return self.objective.loss(self.model_fn(context, volume), x1, generator=generator)
 
     # -- sampling ------------------------------------------------------------------------------
     def _resolve_sampler(self, sampler: str | None) -> str:
@@ -164,7 +196,8 @@ class GenTract(nn.Module):
     def sample_batches(self, context: Tensor, n_streamlines: int, steps: int | None = None,
                        batch_size: int = 4096, generator: torch.Generator | None = None,
                        sampler: str | None = None, flow_method: str | None = None,
-                       n_points: int | None = None) -> Iterator[Tensor]:
+                       n_points: int | None = None,
+                       volume: Tensor | None = None) -> Iterator[Tensor]:
         """Yield batches (b, p, 3) of streamlines in [-1, 1] until ``n_streamlines`` are made.
 
         The context cache (projected context + every layer's K/V) is built once. The module is in
@@ -178,7 +211,7 @@ class GenTract(nn.Module):
             if context.ndim == 2:
                 context = context[None]
             cache = self.transformer.precompute_context(context, self.context_grid_shape)
-            fn = self.model_fn(cache)
+            fn = self.model_fn(cache, volume)
             device = context.device
             done = 0
             while done < n_streamlines:
@@ -200,11 +233,13 @@ class GenTract(nn.Module):
     @torch.inference_mode()
     def sample(self, context: Tensor, n_streamlines: int, steps: int | None = None,
                batch_size: int = 4096, generator: torch.Generator | None = None,
-               sampler: str | None = None, flow_method: str | None = None) -> Tensor:
+               sampler: str | None = None, flow_method: str | None = None,
+               volume: Tensor | None = None) -> Tensor:
         """(N, p, 3) streamlines in normalised [-1, 1] coordinates (see :meth:`sample_batches`)."""
         batches = list(self.sample_batches(context, n_streamlines, steps=steps,
                                            batch_size=batch_size, generator=generator,
-                                           sampler=sampler, flow_method=flow_method))
+                                           sampler=sampler, flow_method=flow_method,
+                                           volume=volume))
         if not batches:
             return torch.empty((0, self.config.n_points, 3), device=context.device)
         return torch.cat(batches)

@@ -118,15 +118,20 @@ def auto_batch_size(model, device: str = "cpu", fraction: float = 0.25,
     return 1 << (n.bit_length() - 1)
 
 
-def encode_context(model, zscored_sh: np.ndarray, device: str = "cpu") -> torch.Tensor:
-    """(X, Y, Z, m) z-scored SH on the model's grid -> the context z (1, T, m·C_c), once."""
+def sh_tensor(model, zscored_sh: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """(X, Y, Z, m) z-scored SH on the model's grid -> a (m, X, Y, Z) float32 tensor on ``device``."""
     grid = tuple(model.config.grid_shape)
     if tuple(zscored_sh.shape[:3]) != grid or zscored_sh.shape[3] != model.config.n_coeffs:
         raise ModelMismatchError(f"the canonical fODF has shape {tuple(zscored_sh.shape)}, the "
                                  f"model expects {grid + (model.config.n_coeffs,)}")
     vol = torch.from_numpy(np.ascontiguousarray(np.moveaxis(zscored_sh, -1, 0), np.float32))
+    return vol.to(device)
+
+
+def encode_context(model, zscored_sh: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """(X, Y, Z, m) z-scored SH on the model's grid -> the context z (1, T, m·C_c), once."""
     with torch.inference_mode():
-        return model.encode_context(vol.to(device))
+        return model.encode_context(sh_tensor(model, zscored_sh, device))
 
 
 def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_streamlines: int,
@@ -135,8 +140,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                       context: torch.Tensor | None = None) -> dict:
     """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
 
-    ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (ignored when a
-    precomputed ``context`` is given). ``ref_affine``/``ref_shape`` describe the reference image of
+    ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (with a
+    precomputed ``context`` it is used only by a model with local fODF features). ``ref_affine``/``ref_shape`` describe the reference image of
     the tractogram header (the subject's native grid). The same ``seed`` gives the same streamlines
     on the same device. Returns the sidecar metadata: sampler, steps, seed, device, counts, timings,
     streamlines per second and peak memory."""
@@ -159,6 +164,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     t0 = time.perf_counter()
     if context is None:
         context = encode_context(model, zscored_sh, device)
+    volume = sh_tensor(model, zscored_sh, device) if model.uses_volume else None
     t_context = time.perf_counter() - t0
 
     generator = torch.Generator(device=device).manual_seed(int(seed))
@@ -173,7 +179,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         done = 0
         with autocast:
             for batch in model.sample_batches(context, n_streamlines, steps=steps,
-                                              batch_size=batch_size, generator=generator):
+                                              batch_size=batch_size, generator=generator,
+                                              volume=volume):
                 mm = scaler.to_mm(batch.float().cpu().numpy().astype(np.float64))
                 positions[done * p:(done + len(mm)) * p] = mm.reshape(-1, 3)
                 done += len(mm)

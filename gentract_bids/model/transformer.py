@@ -177,8 +177,9 @@ class StreamlineTransformer(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x_t: Tensor, t: Tensor, context: "Tensor | ContextCache",
-                grid_shape=None) -> Tensor:
-        """x_t (B, p, 3), t (B,) or scalar float, context (1 or B, T, D) or a ContextCache."""
+                grid_shape=None, local: Tensor | None = None) -> Tensor:
+        """x_t (B, p, 3), t (B,) or scalar float, context (1 or B, T, D) or a ContextCache;
+        ``local`` (B, p, n): per-point features added to the point embeddings (see :mod:`.local`)."""
         b, p, _ = x_t.shape
         if not isinstance(context, ContextCache):
             context = self.precompute_context(context, grid_shape)
@@ -186,6 +187,8 @@ class StreamlineTransformer(nn.Module):
         pos = sinusoidal_embedding(torch.arange(p, device=x_t.device), self.cfg.width)
         temb = self.time_mlp(sinusoidal_embedding(t, self.cfg.width))
         h = self.point_in(x_t) + pos.to(x_t.dtype) + temb[:, None, :]
+        if local is not None:
+            h = h + local.to(h.dtype)
         for i, layer in enumerate(self.layers):
             k, v = context.layer(i, b)
             h = layer(h, k, v)

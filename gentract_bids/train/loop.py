@@ -173,7 +173,7 @@ def train_vaes(model, data, pairs, settings: VAESettings, ctx: RunContext) -> li
                 opt_d.step()
             row = {k: float(v.detach()) for k, v in losses.items() if v.ndim == 0}
             log.write(coefficient=c, step=s, loss=row.get("loss"), l1=row.get("l1"),
-                      kl=row.get("kl"), adv=row.get("adv", 0.0), disc=float(d_loss))
+                      kl=row.get("kl"), adv=row.get("adv", 0.0), disc=float(d_loss.detach()))
             bar.set_postfix(coef=c, l1=f"{row.get('l1', 0):.3f}")
             bar.update(1)
         vae.eval()
@@ -197,9 +197,10 @@ class GeneratorStep(nn.Module):
         self.encoder = model.encoder
         self.transformer = model.transformer
 
-    def forward(self, latents: torch.Tensor, x1: torch.Tensor, generator: torch.Generator):
+    def forward(self, latents: torch.Tensor, x1: torch.Tensor, generator: torch.Generator,
+                volume: torch.Tensor | None = None):
         context = self.model.context_from_latents(latents)
-        return self.model.generator_loss(context, x1, generator=generator)
+        return self.model.generator_loss(context, x1, generator=generator, volume=volume)
 
 
 @torch.no_grad()
@@ -222,6 +223,11 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
+def _pair_volume(model, data, pair, device: str):
+    """The pair's z-scored SH volume (1, m, X, Y, Z) when the model samples it (local features)."""
+    return data.volume(pair)[None].to(device) if model.uses_volume else None
+
+
 @torch.no_grad()
 def validation_loss(model, data, latents, pairs, batch_size: int, seed: int, device: str,
                     n_batches: int = 4) -> float:
@@ -235,7 +241,8 @@ def validation_loss(model, data, latents, pairs, batch_size: int, seed: int, dev
         pair = pairs[i % len(pairs)]
         x1 = torch.from_numpy(data.sample_batch(pair, batch_size, rng)).to(device)
         context = model.context_from_latents(latents[pair].to(device))
-        total += float(model.generator_loss(context, x1, generator=tg))
+        total += float(model.generator_loss(context, x1, generator=tg,
+                                            volume=_pair_volume(model, data, pair, device)))
     model.train()
     return total / n_batches
 
@@ -282,7 +289,8 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
             group["lr"] = lr
         ts = time.perf_counter()
         with autocast(device):
-            loss = wrapped(latents[pair].to(device), x1, tg)
+            loss = wrapped(latents[pair].to(device), x1, tg,
+                           _pair_volume(model, data, pair, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip:
