@@ -16,6 +16,7 @@ from gentract_bids.io.checkpoint import save_checkpoint
 from gentract_bids.io.tractogram import load_tractogram
 from gentract_bids.model.encoder import EncoderConfig
 from gentract_bids.model.gentract import GenTract, GenTractConfig
+from gentract_bids.model.local import LocalConfig
 from gentract_bids.model.inference import (SHIPPED_MODEL, ModelMismatchError, check_compatible,
                                            load_model, sample_tractogram)
 from gentract_bids.model.transformer import TransformerConfig
@@ -46,7 +47,9 @@ def tiny_model(objective="flow", **kw) -> GenTract:
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(path, tiny_model(), META)
+    # local fODF features on, as in the shipped recipe: the app's path passes the volume too
+    save_checkpoint(path, tiny_model(local=LocalConfig(enabled=True, offsets_mm=(2.0,), hidden=8)),
+                    META)
     return path
 
 

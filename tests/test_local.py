@@ -25,10 +25,10 @@ def test_sampling_returns_the_world_coordinate_at_any_point():
     half = (np.array(shape) - 1) * spacing / 2 - 3  # stay one stencil inside the grid
     g = torch.Generator().manual_seed(0)
     pts = (torch.rand((4, 5, 3), generator=g) * 2 - 1) * torch.tensor(half, dtype=torch.float32)
-    out = sample_volume_mm(vol, pts, spacing, offset_mm=2.0)
-    assert out.shape == (4, 5, 7 * 3)
-    got = out.reshape(4, 5, 7, 3)
-    want = pts[:, :, None, :] + stencil_mm(2.0)
+    out = sample_volume_mm(vol, pts, spacing, offsets_mm=(1.0, 2.0))
+    assert out.shape == (4, 5, 13 * 3)
+    got = out.reshape(4, 5, 13, 3)
+    want = pts[:, :, None, :] + stencil_mm((1.0, 2.0))
     assert torch.allclose(got, want, atol=1e-3)
     # an axis mix-up (x read as z) would fail on this anisotropic grid
     assert not torch.allclose(got[..., 0], got[..., 2], atol=1.0)

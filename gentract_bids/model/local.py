@@ -3,9 +3,10 @@
 The paper conditions the transformer only through cross-attention to the context tokens z. On a CPU
 budget a coarse token grid (5 × 6 × 5 tokens of 30 mm) cannot say *where* a 5 mm bundle runs, so the
 phantom recipe adds a second, local path: at every network call the z-scored SH volume on the
-canonical grid is sampled (trilinear) at each point of the current noisy streamline and at
-``offset_mm`` either side of it along x, y and z (a 7-point stencil that also gives the local
-gradient), and an MLP adds those 7·m values to the point embeddings. The network can then see
+canonical grid is sampled (trilinear) at each point of the current noisy streamline and at each
+of ``offsets_mm`` either side of it along x, y and z (a stencil of 1 + 6·len(offsets_mm) points
+that also gives the local gradient at each scale), and an MLP adds those samples to the point
+embeddings. The network can then see
 whether its current estimate runs inside white matter and along the fibres, and correct it,
 step after step of the sampler. ``enabled: false`` (the default, and ``paper.yaml``) is the paper's
 model.
@@ -30,18 +31,23 @@ from ._config import ConfigDict
 @dataclass
 class LocalConfig(ConfigDict):
     enabled: bool = False
-    offset_mm: float = 2.0  # stencil half-width; 0 samples the point only
+    offsets_mm: tuple[float, ...] = (2.0,)  # stencil half-widths; () samples the point only
     hidden: int = 128  # width of the MLP's hidden layer
+
+    def __post_init__(self) -> None:
+        self.offsets_mm = tuple(float(o) for o in self.offsets_mm)
+        if any(o <= 0 for o in self.offsets_mm):
+            raise ValueError(f"local offsets_mm must be positive, got {self.offsets_mm}")
 
     @property
     def n_samples(self) -> int:
-        return 7 if self.offset_mm > 0 else 1
+        return 1 + 6 * len(self.offsets_mm)
 
 
-def stencil_mm(offset_mm: float) -> Tensor:
-    """(K, 3) offsets in mm: the point itself, then ±offset along x, y and z (K = 7, or 1)."""
+def stencil_mm(offsets_mm=()) -> Tensor:
+    """(K, 3) offsets in mm: the point itself, then ±each offset along x, y and z (K = 1 + 6·n)."""
     out = [torch.zeros(3)]
-    if offset_mm > 0:
+    for offset_mm in offsets_mm:
         for axis in range(3):
             for sign in (1.0, -1.0):
                 d = torch.zeros(3)
@@ -51,7 +57,7 @@ def stencil_mm(offset_mm: float) -> Tensor:
 
 
 def sample_volume_mm(volume: Tensor, points_mm: Tensor, grid_spacing: float,
-                     offset_mm: float = 0.0) -> Tensor:
+                     offsets_mm=()) -> Tensor:
     """Trilinear samples of ``volume`` (1, C, X, Y, Z) on the canonical grid at ``points_mm``
     (B, p, 3, RAS+ mm) and their stencil: (B, p, K·C), zero outside the grid.
 
@@ -62,7 +68,7 @@ def sample_volume_mm(volume: Tensor, points_mm: Tensor, grid_spacing: float,
     c = volume.shape[1]
     sizes = torch.tensor(volume.shape[2:], dtype=points_mm.dtype, device=points_mm.device)
     half = (sizes - 1) * float(grid_spacing) / 2
-    offsets = stencil_mm(offset_mm).to(points_mm.device, points_mm.dtype)  # (K, 3)
+    offsets = stencil_mm(offsets_mm).to(points_mm.device, points_mm.dtype)  # (K, 3)
     pts = points_mm[:, :, None, :] + offsets  # (B, p, K, 3)
     norm = (pts / half).flip(-1)  # grid_sample wants (W, H, D) = (z, y, x) order
     grid = norm.reshape(1, b * p, offsets.shape[0], 1, 3).to(volume.dtype)
@@ -92,5 +98,5 @@ class LocalFeatures(nn.Module):
         if torch.isnan(self.lo).any():
             raise RuntimeError("local fODF features need the coordinate bounds (set_bounds)")
         mm = self.lo + (x_unit.detach().float() + 1) * (self.hi - self.lo) / 2
-        feats = sample_volume_mm(volume.float(), mm, self.grid_spacing, self.cfg.offset_mm)
+        feats = sample_volume_mm(volume.float(), mm, self.grid_spacing, self.cfg.offsets_mm)
         return self.mlp(feats.to(x_unit.dtype))
