@@ -190,6 +190,12 @@ def test_sampling_flops_match_the_transformer_and_count_every_call():
     assert speed.sampling_flops(model, steps=5)["calls_per_streamline"] == 5
     mid = tiny_speed_model(flow_method="midpoint")
     assert speed.sampling_flops(mid)["calls_per_streamline"] == 6
+    # local fODF features add their MLP on the 7-point stencil of the 28 coefficients
+    from gentract_bids.model.local import LocalConfig
+
+    loc = tiny_speed_model(local=LocalConfig(enabled=True, offsets_mm=(2.0,), hidden=16))
+    loc.set_coordinate_bounds([-70.0] * 3, [70.0] * 3)
+    assert speed.sampling_flops(loc)["flops_per_call"] == expected + 2 * p * (7 * 28 * 16 + 16 * n)
 
 
 @pytest.mark.skipif(shutil.which("tckgen") is None, reason="MRtrix3 not installed")
