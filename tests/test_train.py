@@ -74,9 +74,11 @@ def _train(cohort, run_dir, objective: str, steps: int, extra=(), vae_run=None):
 def _mean_mdf(model, sh_z, scaler, truth, n=200, seed=0):
     """Mean over sampled streamlines of the MDF (mm) to the nearest ground-truth streamline."""
     p = model.config.n_points
+    vol = torch.from_numpy(sh_z)  # phantom.yaml's local fODF features sample it at every step
     with torch.inference_mode():
-        ctx = model.encode_context(torch.from_numpy(sh_z))
-        unit = model.sample(ctx, n, steps=10, generator=torch.Generator().manual_seed(seed))
+        ctx = model.encode_context(vol)
+        unit = model.sample(ctx, n, steps=10, generator=torch.Generator().manual_seed(seed),
+                            volume=vol)
     mm = scaler.to_mm(unit.numpy().astype(np.float64))
     ref = set_number_of_points([s.astype(np.float64) for s in truth], p)
     d = bundles_distances_mdf([s for s in mm], ref)
@@ -106,6 +108,8 @@ def test_tiny_model_learns_one_subject(cohort, vae_stage, tmp_path, objective):
     assert meta["model_config"]["objective"] == objective
     torch.manual_seed(SEED)  # the CLI seeds torch this way before building the model
     twin = GenTract(model_config(load_recipe("phantom.yaml", [*TINY, f"model.objective={objective}"])))
+    assert model.uses_volume and twin.uses_volume  # the recipe's local features are learned too
+    twin.set_coordinate_bounds(meta["coord_bounds"]["lo"], meta["coord_bounds"]["hi"])
     cache = np.load(next((tmp_path / "cache").glob("sub-01*_fod.npz")))
     from gentract_bids.fodf.grid import zscore
 

@@ -270,7 +270,10 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
     state_path = ctx.run_dir / "state" / "generator"
     log = _CSVLog(ctx.run_dir / "losses_generator.csv",
                   ["step", "loss", "val_loss", "lr", "streamlines_per_s"])
-    info = load_state(state_path, {"encoder": model.encoder, "transformer": model.transformer},
+    trained = {"encoder": model.encoder, "transformer": model.transformer}
+    if model.local is not None:  # local fODF features: their MLP is trained with the generator
+        trained["local"] = model.local
+    info = load_state(state_path, trained,
                       {"opt": opt}) or {"step": 0}
     start = int(info["step"])
     if start:
@@ -308,7 +311,7 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
         bar.set_postfix(loss=f"{np.mean(recent):.4f}", sl_s=f"{rate:.0f}")
         bar.update(1)
         if ctx.is_main and ((step + 1) % settings.checkpoint_every == 0 or last):
-            save_state(state_path, {"encoder": model.encoder, "transformer": model.transformer},
+            save_state(state_path, trained,
                        {"opt": opt}, {"step": step + 1})
             if on_checkpoint is not None:
                 on_checkpoint(step + 1)
