@@ -148,7 +148,7 @@ class GenTract(nn.Module):
     def set_coordinate_bounds(self, lo, hi) -> None:
         """Training-set bounds of the [-1, 1] coordinates (needed by local fODF features)."""
         if self.local is not None:
-            self.local.set_bounds(lo, hi)
+            self.local.scaler = CoordinateScaler(lo, hi)
 
     def _local_volume(self, volume: Tensor | None) -> Tensor | None:
         if self.local is None:

@@ -128,12 +128,6 @@ def sh_tensor(model, zscored_sh: np.ndarray, device: str = "cpu") -> torch.Tenso
     return vol.to(device)
 
 
-def encode_context(model, zscored_sh: np.ndarray, device: str = "cpu") -> torch.Tensor:
-    """(X, Y, Z, m) z-scored SH on the model's grid -> the context z (1, T, m·C_c), once."""
-    with torch.inference_mode():
-        return model.encode_context(sh_tensor(model, zscored_sh, device))
-
-
 def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_streamlines: int,
                       ref_affine, ref_shape, steps: int | None = None, sampler: str | None = None,
                       batch_size: int | None = None, seed: int = 0, device: str = "cpu",
@@ -162,9 +156,11 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    vol = sh_tensor(model, zscored_sh, device) if context is None or model.uses_volume else None
     if context is None:
-        context = encode_context(model, zscored_sh, device)
-    volume = sh_tensor(model, zscored_sh, device) if model.uses_volume else None
+        with torch.inference_mode():
+            context = model.encode_context(vol)
+    volume = vol if model.uses_volume else None  # local fODF features sample it at every step
     t_context = time.perf_counter() - t0
 
     generator = torch.Generator(device=device).manual_seed(int(seed))

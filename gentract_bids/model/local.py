@@ -85,18 +85,14 @@ class LocalFeatures(nn.Module):
         self.cfg, self.grid_spacing = cfg, float(grid_spacing)
         self.mlp = nn.Sequential(nn.Linear(cfg.n_samples * n_coeffs, cfg.hidden), nn.SiLU(),
                                  nn.Linear(cfg.hidden, width))
-        # training-set coordinate bounds (not weights: they come from the checkpoint's JSON)
-        self.register_buffer("lo", torch.full((3,), float("nan")), persistent=False)
-        self.register_buffer("hi", torch.full((3,), float("nan")), persistent=False)
-
-    def set_bounds(self, lo, hi) -> None:
-        self.lo.copy_(torch.as_tensor(lo, dtype=self.lo.dtype))
-        self.hi.copy_(torch.as_tensor(hi, dtype=self.hi.dtype))
+        # the training-set CoordinateScaler (not weights: its bounds come from the checkpoint's JSON)
+        self.scaler = None
 
     def forward(self, volume: Tensor, x_unit: Tensor) -> Tensor:
         """``volume`` (1, m, X, Y, Z) z-scored SH, ``x_unit`` (B, p, 3) in [-1, 1] -> (B, p, width)."""
-        if torch.isnan(self.lo).any():
-            raise RuntimeError("local fODF features need the coordinate bounds (set_bounds)")
-        mm = self.lo + (x_unit.detach().float() + 1) * (self.hi - self.lo) / 2
+        if self.scaler is None:
+            raise RuntimeError("local fODF features need the coordinate bounds "
+                               "(GenTract.set_coordinate_bounds)")
+        mm = self.scaler.to_mm(x_unit.detach().float())
         feats = sample_volume_mm(volume.float(), mm, self.grid_spacing, self.cfg.offsets_mm)
         return self.mlp(feats.to(x_unit.dtype))
