@@ -20,7 +20,8 @@ from gentract_bids.fodf.rotation import (axis_rotation, rotate_mask, rotate_poin
                                          sh_rotation_matrix, sh_to_world_frame)
 from gentract_bids.io.tractogram import load_tractogram, save_tractogram
 from gentract_bids.phantom.cohort import make_cohort, make_subject
-from gentract_bids.train.augment import IDENTITY, apply_rotation, augmentation_rotations
+from gentract_bids.train.augment import (IDENTITY, apply_rotation, augmentation_rotations,
+                                         augmentation_scalings)
 from gentract_bids.train.dataset import (PreparedSubject, TrainingData, compute_canonical_fod,
                                          discover_subjects, find_reference_files,
                                          fod_cache_key, load_reference, prepare_subject,
@@ -120,6 +121,40 @@ def test_rotate_points_and_augmentation_rotations():
     out = rotate_points(pts, names["z+30"])
     assert out.dtype == np.float32 and np.allclose(np.linalg.norm(out, axis=1), [10, 5], atol=1e-5)
     assert np.allclose(rotate_points([pts], names["z+30"])[0], out)
+
+
+def test_linear_map_moves_space_and_reorients_by_its_rotation_part():
+    """A non-rotation map A = R S: a blob of fibres at x0 lands at A x0 and its fODF peak turns
+    by R only (finite-strain reorientation); points map by A; scalings are named and checked."""
+    shape, spacing = (25, 25, 25), 2.0
+    affine = np.diag([spacing] * 3 + [1.0])
+    affine[:3, 3] = -spacing * (np.asarray(shape) - 1) / 2
+    ijk = np.indices(shape).reshape(3, -1).T
+    world = ijk * spacing + affine[:3, 3]
+    x0, d = np.array([10.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    blob = (np.linalg.norm(world - x0, axis=1) <= 5.0).reshape(shape)
+    sh = np.zeros(shape + (28,), np.float32)
+    sh[blob] = _sharp_lobe_sh(d)
+    R, S = axis_rotation("z", 30), np.diag([1.4, 1.0, 0.8])
+    A = R @ S
+    out, moved = rotate_sh_volume(sh, affine, A, mask=blob)
+    centre = world[moved.reshape(-1)].mean(0)
+    assert np.linalg.norm(centre - A @ x0) < spacing, (centre, A @ x0)
+    assert np.linalg.norm(centre - R @ x0) > 1.5 * spacing  # the scaling did move it
+    hit = tuple(np.rint((A @ x0 - affine[:3, 3]) / spacing).astype(int))
+    peak, _ = peaks_from_sh(out[hit][None, None, None], npeaks=1)
+    assert _angles(peak[0, 0, 0, 0], R @ d) < 5.0
+    assert np.array_equal(rotate_mask(blob, affine, A), moved)
+    assert np.allclose(rotate_points(x0[None], A)[0], A @ x0)
+    with pytest.raises(ValueError, match="invertible"):
+        rotate_points(x0[None], np.diag([1.0, 0.0, 1.0]))
+
+    scalings = augmentation_scalings((0.9, 1.0, 1.1), "xz")
+    assert [n for n, _ in scalings] == ["sx0.9", "sx1.1", "sz0.9", "sz1.1"]
+    assert np.allclose(dict(scalings)["sz1.1"], np.diag([1.0, 1.0, 1.1]))
+    assert augmentation_scalings(()) == []
+    with pytest.raises(ValueError):
+        augmentation_scalings((0.0,))
 
 
 # ----------------------------------------------------------------------------- the issue's test

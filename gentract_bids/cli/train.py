@@ -134,7 +134,7 @@ def train(opts) -> dict:
     from ..io.checkpoint import save_checkpoint
     from ..model.gentract import GenTract
     from ..train import dataset as ds
-    from ..train.augment import augmentation_rotations
+    from ..train.augment import augmentation_rotations, augmentation_scalings
     from ..train.loop import (GeneratorSettings, RunContext, VAESettings, init_distributed,
                               train_generator, train_vaes)
 
@@ -174,9 +174,11 @@ def train(opts) -> dict:
                                    cache_dir=opts.cache_dir or run_dir / "cache")
     t_fod = time.perf_counter() - t0
     data = ds.TrainingData(prepared)
-    data.fit_statistics(split["train"])
     rot = recipe["data"]["rotations"]
-    rotations = augmentation_rotations(tuple(rot["angles"]))
+    rotations = (augmentation_rotations(tuple(rot["angles"]))
+                 + augmentation_scalings(tuple(recipe["data"].get("scales") or ())))
+    data.register_rotations(rotations)  # the coordinate bounds cover every augmentation
+    data.fit_statistics(split["train"])
     train_pairs = data.choose_pairs(split["train"], rotations, rot["per_subject"],
                                     seed=opts.random_seed)
     val_pairs = data.choose_pairs(split["validation"], rotations, 0, seed=opts.random_seed)

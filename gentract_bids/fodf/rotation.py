@@ -2,7 +2,10 @@
 
 Conventions. Rotations ``R`` (3, 3) act on RAS+ world millimetres about the world origin (the
 canonical grid is centred on it). Rotating a function on the sphere by ``R`` gives
-``f'(u) = f(R^T u)``: a fibre along ``d`` ends up along ``R d``. SH coefficients are dipy's
+``f'(u) = f(R^T u)``: a fibre along ``d`` ends up along ``R d``. The volume and point functions
+also take any invertible linear map ``A`` (e.g. a per-axis scaling): space moves by ``A`` and each
+fODF is reoriented by the rotation part of ``A`` (its polar decomposition ``A = U P``; the
+finite-strain reorientation of diffusion models, Alexander et al. 2001, IEEE TMI 20:1131). SH coefficients are dipy's
 non-legacy ``descoteaux07`` basis (see :mod:`gentract_bids.fodf.csd`), expressed in the voxel-array
 (``ijk``) frame of the grid they live on (BEP016 ``OrientationEncoding Reference: ijk``). For an
 axis-aligned RAS+ grid (the canonical grid) that frame is the world frame.
@@ -43,6 +46,23 @@ def orthonormal_part(matrix) -> np.ndarray:
     voxel sizes and shears removed (for an axis-aligned grid: a signed permutation)."""
     u, _, vt = np.linalg.svd(np.asarray(matrix, np.float64)[:3, :3])
     return u @ vt
+
+
+def _check_linear(A) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, U)``: an invertible (3, 3) map and its rotation part (``U = A`` for a rotation)."""
+    A = np.asarray(A, np.float64)
+    if A.shape != (3, 3):
+        raise ValueError(f"expected a (3, 3) matrix, got {A.shape}")
+    if not np.all(np.isfinite(A)) or abs(np.linalg.det(A)) < 1e-9:
+        raise ValueError("the matrix is not invertible")
+    if np.allclose(A @ A.T, np.eye(3), atol=1e-6):
+        return A, A
+    return A, orthonormal_part(A)
+
+
+def _inverse(A, U) -> np.ndarray:
+    """``A^-1`` (``A^T`` for a rotation, as :func:`_check_linear` returned it)."""
+    return A.T if A is U else np.linalg.inv(A)
 
 
 def _check_orthogonal(R) -> np.ndarray:
@@ -147,7 +167,9 @@ def rotate_sh_volume(sh, affine, R, mask=None, order: int = 1, only_in_mask: boo
     The output voxel at world ``y`` takes the input's coefficients at world ``R^T y``
     (trilinear per coefficient for ``order=1``, the right interpolation for a linear expansion)
     and rotates them with :func:`sh_rotation_matrix` (in the grid's voxel frame, ``A^T R A``), so a
-    fibre along ``d`` at ``x`` becomes a fibre along ``R d`` at ``R x``.
+    fibre along ``d`` at ``x`` becomes a fibre along ``R d`` at ``R x``. For a linear map ``R``
+    that is not a rotation, the input is sampled at ``R^-1 y`` and the fODFs are rotated by the
+    rotation part of ``R`` (see the module docstring).
 
     ``mask`` (X, Y, Z) is moved the same way (nearest neighbour); ``only_in_mask=True`` computes
     the coefficients only inside the rotated mask (zeros elsewhere): faster, and all a z-scored
@@ -155,12 +177,12 @@ def rotate_sh_volume(sh, affine, R, mask=None, order: int = 1, only_in_mask: boo
     sh = np.asarray(sh)
     if sh.ndim != 4:
         raise ValueError(f"expected an (X, Y, Z, m) SH volume, got {sh.shape}")
-    R = _check_orthogonal(R)
+    R, U = _check_linear(R)
     affine = np.asarray(affine, np.float64)
     shape = sh.shape[:3]
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
-    src = R.T @ world  # where each output voxel samples the input
+    src = _inverse(R, U) @ world  # where each output voxel samples the input
     mask_rot = None
     if mask is not None:
         mask = np.asarray(mask, bool)
@@ -173,7 +195,7 @@ def rotate_sh_volume(sh, affine, R, mask=None, order: int = 1, only_in_mask: boo
         keep = np.flatnonzero(mask_rot)
     else:
         keep = np.arange(src.shape[1])
-    M = sh_rotation_matrix(voxel_frame_rotation(R, affine), sh_order_from_ncoeffs(sh.shape[-1]))
+    M = sh_rotation_matrix(voxel_frame_rotation(U, affine), sh_order_from_ncoeffs(sh.shape[-1]))
     vals = _sample_world(sh, affine, src[:, keep], order=order).astype(np.float64)
     out = np.zeros((src.shape[1], sh.shape[-1]), np.float32)
     out[keep] = vals @ M.T
@@ -182,21 +204,20 @@ def rotate_sh_volume(sh, affine, R, mask=None, order: int = 1, only_in_mask: boo
 
 def rotate_mask(mask, affine, R) -> np.ndarray:
     """Rotate a mask (X, Y, Z) about the world origin on its own grid (nearest neighbour): the
-    output voxel at world ``y`` takes the input at ``R^T y``; returns bool."""
+    output voxel at world ``y`` takes the input at ``R^-1 y`` (``R^T y``); returns bool."""
     mask = np.asarray(mask)
     affine = np.asarray(affine, np.float64)
     ijk = np.indices(mask.shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
-    src = _check_orthogonal(R).T @ world
+    src = _inverse(*_check_linear(R)) @ world
     return _sample_world((mask > 0).astype(np.uint8), affine, src, order=0).reshape(mask.shape) > 0
 
 
 # ----------------------------------------------------------------------------- points
 def rotate_points(points, R):
-    """Rotate world points (..., 3) in mm about the origin: ``x -> R x``.
-
-    Also takes a list of (n, 3) streamlines (returns a list)."""
-    R = _check_orthogonal(R)
+    """Rotate world points (..., 3) in mm about the origin: ``x -> R x`` (any invertible linear
+    ``R``). Also takes a list of (n, 3) streamlines (returns a list)."""
+    R = _check_linear(R)[0]
     if isinstance(points, (list, tuple)):
         return [rotate_points(p, R) for p in points]
     pts = np.asarray(points)

@@ -3,6 +3,10 @@
 Rotating a training pair means resampling the SH volume on its grid *and* rotating every voxel's
 fODF (:func:`gentract_bids.fodf.rotation.rotate_sh_volume`), and rotating the streamlines by the
 same world rotation about the origin (the centre of the canonical grid).
+
+Per-axis scalings (*ours*, :func:`augmentation_scalings`) go through the same functions: space is
+stretched about the origin and each fODF is reoriented by the map's rotation part (none for a
+scaling along the axes), so a cohort whose heads differ in size is covered by the training pairs.
 """
 
 from __future__ import annotations
@@ -32,6 +36,30 @@ def augmentation_rotations(angles=(15, 30, 45), axes: str = "xyz") -> list[tuple
                 continue
             for sign in (1.0, -1.0):
                 out.append((rotation_name(axis, sign * a), axis_rotation(axis, sign * a)))
+    return out
+
+
+def scaling_name(axis: str, factor: float) -> str:
+    """``"sx1.08"``, ``"sz0.92"``: the name of a scaling along one axis."""
+    return f"s{axis}{float(factor):g}"
+
+
+def augmentation_scalings(factors=(), axes: str = "xyz") -> list[tuple[str, np.ndarray]]:
+    """``[(name, S)]``: a scaling by each factor along each axis, about the origin (no identity).
+
+    Order: for each axis in ``axes``, for each factor (factors of 1 are skipped)."""
+    out = []
+    for axis in axes:
+        k = "xyz".index(axis)
+        for f in factors:
+            f = float(f)
+            if f <= 0:
+                raise ValueError(f"scaling factors must be positive, got {f}")
+            if f == 1.0:
+                continue
+            S = np.eye(3)
+            S[k, k] = f
+            out.append((scaling_name(axis, f), S))
     return out
 
 
