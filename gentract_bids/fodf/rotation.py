@@ -48,21 +48,17 @@ def orthonormal_part(matrix) -> np.ndarray:
     return u @ vt
 
 
-def _check_linear(A) -> tuple[np.ndarray, np.ndarray]:
-    """``(A, U)``: an invertible (3, 3) map and its rotation part (``U = A`` for a rotation)."""
+def _check_linear(A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A, U, A^-1)``: an invertible (3, 3) map, its rotation part and its inverse (``U = A``
+    and ``A^-1 = A^T`` for a rotation)."""
     A = np.asarray(A, np.float64)
     if A.shape != (3, 3):
         raise ValueError(f"expected a (3, 3) matrix, got {A.shape}")
     if not np.all(np.isfinite(A)) or abs(np.linalg.det(A)) < 1e-9:
         raise ValueError("the matrix is not invertible")
     if np.allclose(A @ A.T, np.eye(3), atol=1e-6):
-        return A, A
-    return A, orthonormal_part(A)
-
-
-def _inverse(A, U) -> np.ndarray:
-    """``A^-1`` (``A^T`` for a rotation, as :func:`_check_linear` returned it)."""
-    return A.T if A is U else np.linalg.inv(A)
+        return A, A, A.T
+    return A, orthonormal_part(A), np.linalg.inv(A)
 
 
 def _check_orthogonal(R) -> np.ndarray:
@@ -177,12 +173,12 @@ def rotate_sh_volume(sh, affine, R, mask=None, order: int = 1, only_in_mask: boo
     sh = np.asarray(sh)
     if sh.ndim != 4:
         raise ValueError(f"expected an (X, Y, Z, m) SH volume, got {sh.shape}")
-    R, U = _check_linear(R)
+    R, U, R_inv = _check_linear(R)
     affine = np.asarray(affine, np.float64)
     shape = sh.shape[:3]
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
-    src = _inverse(R, U) @ world  # where each output voxel samples the input
+    src = R_inv @ world  # where each output voxel samples the input
     mask_rot = None
     if mask is not None:
         mask = np.asarray(mask, bool)
@@ -209,7 +205,7 @@ def rotate_mask(mask, affine, R) -> np.ndarray:
     affine = np.asarray(affine, np.float64)
     ijk = np.indices(mask.shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
-    src = _inverse(*_check_linear(R)) @ world
+    src = _check_linear(R)[2] @ world
     return _sample_world((mask > 0).astype(np.uint8), affine, src, order=0).reshape(mask.shape) > 0
 
 
