@@ -75,6 +75,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
+from gentract_bids.model.support import DEFAULT_THRESHOLD as DEFAULT_SUPPORT_THRESHOLD  # noqa: E402
+
 TEST_SEED = 1000  # held-out phantom seed: training cohorts use other seeds (default 0)
 PAPER_FOD_SIGMA = 0.005  # Rician sigma the paper adds to its (dipy CSD, HCP) fODF input
 ISBI_GEOMETRY = Path("/work/shared/data/external/isbi2013-phantom/isbi_challenge_2013.json")
@@ -307,45 +309,57 @@ CONTEXTS = ("own", "other", "zero")
 
 
 def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=None,
-                   context: str = "own", steps=None, sha256=None):
+                   context: str = "own", steps=None, sha256=None, support_threshold=None):
     """GenTract sampling from the checkpoint ``model`` (default: the shipped one), conditioned on
     ``inputs.dipy_sh`` (the condition's fODF, noise included) through the app's own code: the
     canonical grid (:func:`fodf.grid.to_canonical`), the model's z-score statistics and
     :func:`model.inference.sample_tractogram`. ``context`` is the ablation of issue 5: ``own``
     (the subject's fODF), ``other`` (the next subject's fODF of the same cohort and condition) or
     ``zero`` (an all-zero z-scored volume: no anatomy at all). ``sha256``: refuse another
-    checkpoint than the one the run's cache key names."""
+    checkpoint than the one the run's cache key names. ``support_threshold``: the app's fODF
+    support filter (:mod:`gentract_bids.model.support`), always with the subject's *own* fODF,
+    whatever the context; None or 0: off (every sampled streamline is scored)."""
     from gentract_bids.fodf.grid import to_canonical, zscore
     from gentract_bids.io.tractogram import load_tractogram
-    from gentract_bids.model.inference import load_model, sample_tractogram
+    from gentract_bids.model.inference import fod_support, load_model, sample_tractogram
 
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     net, meta = load_model(model, expected_sha256=sha256)
     cfg = net.config
-    sh_file, mask_file = inputs.dipy_sh, inputs.mask
+    mean, std = np.asarray(meta["zscore"]["mean"]), np.asarray(meta["zscore"]["std"])
+
+    def canonical(sh_file, mask_file):
+        sh, affine = _load(sh_file)
+        mask, mask_affine = _load(mask_file)
+        sh_c, mask_c, affine_c = to_canonical(sh, affine, mask > 0, mask_affine,
+                                              cfg.grid_spacing, cfg.grid_shape)
+        return zscore(sh_c, mean, std, mask_c), mask_c, affine_c, mask_affine, mask.shape[:3]
+
+    own, own_mask, affine_c, mask_affine, mask_shape = canonical(inputs.dipy_sh, inputs.mask)
+    support = (fod_support(meta, own, own_mask, affine_c, threshold=support_threshold)
+               if support_threshold else None)
+    z = own
     if context == "other":  # the next subject of the same cohort (wrapping around)
         labels = sorted(p.name[4:] for p in Path(inputs.cohort_root).glob("sub-*") if p.is_dir())
         other = labels[(labels.index(inputs.subject) + 1) % len(labels)]
         if other == inputs.subject:
             raise ValueError("the 'other' context needs a cohort of at least 2 subjects")
-        sh_file = sh_file.replace(f"sub-{inputs.subject}", f"sub-{other}")
-        mask_file = subject_files(Path(inputs.cohort_root), other)["mask"]
-    sh, affine = _load(sh_file)
-    mask, mask_affine = _load(mask_file)
-    sh_c, mask_c, _ = to_canonical(sh, affine, mask > 0, mask_affine, cfg.grid_spacing,
-                                   cfg.grid_shape)
-    z = zscore(sh_c, np.asarray(meta["zscore"]["mean"]), np.asarray(meta["zscore"]["std"]), mask_c)
+        z = canonical(inputs.dipy_sh.replace(f"sub-{inputs.subject}", f"sub-{other}"),
+                      subject_files(Path(inputs.cohort_root), other)["mask"])[0]
     if context == "zero":
         z = np.zeros_like(z)
     out = Path(workdir) / "gentract_raw.trx"
     info = sample_tractogram(net, meta, z, out, n_streamlines=n_streamlines, steps=steps,
-                             seed=seed, ref_affine=mask_affine, ref_shape=mask.shape[:3])
+                             seed=seed, ref_affine=mask_affine, ref_shape=mask_shape,
+                             support=support)
     streamlines, _ = load_tractogram(out)
     out.unlink()
     return list(streamlines), {
         "Parameters": {"context": context, "sampler": info["Sampler"], "steps": info["Steps"],
-                       "sha256": info["Model"]["SHA256"], "batch_size": info["BatchSize"]},
+                       "sha256": info["Model"]["SHA256"], "batch_size": info["BatchSize"],
+                       "support_filter": info["SupportFilter"],
+                       "n_sampled": info["NumberSampled"]},
         "Timings": info["Timings"]}
 
 
@@ -783,6 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GenTract checkpoint of the gentract trackers (default: the shipped one)")
     p.add_argument("--steps", type=int, default=None,
                    help="GenTract sampling steps (default: the checkpoint's)")
+    p.add_argument("--support-threshold", type=float, default=DEFAULT_SUPPORT_THRESHOLD,
+                   help="the app's fODF support filter for the gentract trackers, with the "
+                        "subject's own fODF (default: the app's, %(default)s; 0: off)")
     return p
 
 
@@ -958,7 +975,8 @@ def main(argv=None) -> int:
 
         model = args.model or SHIPPED_MODEL
         gentract_options = {"model": str(model), "steps": args.steps,
-                            "sha256": read_checkpoint_metadata(model)["sha256"]}
+                            "sha256": read_checkpoint_metadata(model)["sha256"],
+                            "support_threshold": args.support_threshold or None}
     if args.n_subjects < 1 or args.n_streamlines < 1 or args.sift_factor < 1:
         parser.error("--n-subjects and --n-streamlines must be positive, --sift-factor >= 1")
     settings, conditions = settings_from_args(args)

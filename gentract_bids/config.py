@@ -64,6 +64,7 @@ class Model:
     sampler: str | None = None  # ddim | flow; None: the one that fits the model's objective
     steps: int | None = None  # None: the model's default (10)
     batch_size: int | None = None  # None: chosen from free memory
+    support_threshold: float | None = None  # fODF support filter (model/support.py); None: off
 
 
 @dataclass

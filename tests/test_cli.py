@@ -68,6 +68,9 @@ def test_usage_error_and_unknown_level(fibercup_bids, tmp_path, capsys):
     code = main([str(fibercup_bids), str(tmp_path / "out"), "session"])
     assert code == EX_UNKNOWN_LEVEL
     assert "unknown analysis level" in capsys.readouterr().err
+    out = tmp_path / "out2"
+    code = run_cli(fibercup_bids, out, tmp_path, "--support-threshold", "1.5")
+    assert_clean_failure(capsys, code, EX_USAGE, out, ["--support-threshold", "[0, 1)"])
 
 
 def test_missing_input_dir(tmp_path, capsys):

@@ -139,7 +139,8 @@ def test_gentract_workflow_writes_named_scored_tractograms(phantom, tiny_ckpt, t
     n = 200
     args = [str(phantom), str(out), "participant", "-w", str(tmp_path / "work"),
             "--skip-bids-validation", "--model", str(tiny_ckpt), "--n-streamlines", str(n),
-            "--steps", "4", "--random-seed", "3", "--min-bundle-streamlines", "2"]
+            "--steps", "4", "--random-seed", "3", "--min-bundle-streamlines", "2",
+            "--support-threshold", "0"]  # an untrained model: its random polylines are unsupported
     assert main(args) == 0
     dwi = out / "sub-01" / "dwi"
     trx = dwi / "sub-01_space-dwi_model-gentract_streamlines.trx"
@@ -155,6 +156,7 @@ def test_gentract_workflow_writes_named_scored_tractograms(phantom, tiny_ckpt, t
     side = json.loads(trx.with_suffix(".json").read_text())
     assert side["Sampler"] == "flow" and side["Steps"] == 4 and side["Device"] == "cpu"
     assert side["NumberOfStreamlines"] == n and side["Timings"]["SamplingSeconds"] > 0
+    assert side["SupportFilter"] is None and side["NumberSampled"] == n
     assert side["Model"]["SHA256"] == side["ModelChecksum"]
     assert side["RandomSeed"] == 3 and side["Evaluation"]
     metrics = json.loads((dwi / "sub-01_space-dwi_desc-eval_model-gentract_metrics.json")

@@ -77,10 +77,11 @@ def test_dataset_description_and_group(phantom_run, tmp_path):
 
 @pytest.mark.slow
 def test_shipped_gentract_model_places_streamlines(phantom_run):
-    """The default run samples with the shipped model; its streamlines land in true bundles.
+    """The default run samples with the shipped model and keeps the streamlines the fODF supports
+    (model/support.py); they land in true bundles.
 
-    A frame error anywhere (canonical grid, z-scoring, coordinate bounds, RAS+ output) puts them
-    outside every bundle (precision ~0, as with a zero context)."""
+    A frame error anywhere (canonical grid, z-scoring, coordinate bounds, RAS+ output, the support
+    filter's grid) puts them outside every bundle, or leaves none supported."""
     _, out, code = phantom_run
     assert code == 0
     for sub in ("01", "02"):
@@ -90,6 +91,14 @@ def test_shipped_gentract_model_places_streamlines(phantom_run):
         print(f"sub-{sub} GenTract (shipped model): precision {100 * metrics['precision']:.1f} %, "
               f"bundles {metrics['valid_bundles']}/{metrics['n_bundles']}")
         assert metrics["n_streamlines"] == 2000
-        # measured 60.7 % (22/22) and 49.5 % (21/22) (the model before, with rotations only:
-        # 66.1 % and 58.7 %); the one without local fODF features 10-22 %, a zero context ~0 %
-        assert metrics["precision"] > 0.25 and metrics["valid_bundles"] >= 10
+        side = json.loads((out / f"sub-{sub}" / "dwi" /
+                           f"sub-{sub}_space-dwi_model-gentract_streamlines.json").read_text())
+        support = side["SupportFilter"]
+        print(f"  support filter: {side['NumberOfStreamlines']} kept of {side['NumberSampled']} "
+              f"sampled ({100 * support['AcceptanceRate']:.1f} %)")
+        assert support["Threshold"] == pytest.approx(0.05)
+        assert side["NumberSampled"] > side["NumberOfStreamlines"] == 2000
+        # measured with the support filter 92.1 % (19/22) and 88.8 % (18/22); without it
+        # (--support-threshold 0) 60.7 % (22/22) and 49.5 % (21/22); the model without local
+        # fODF features 10-22 %, a zero context ~0 %
+        assert metrics["precision"] > 0.75 and metrics["valid_bundles"] >= 15

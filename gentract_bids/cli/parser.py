@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
+from ..model.support import DEFAULT_THRESHOLD
 
 ANALYSIS_LEVELS = ("participant", "group")
 # the trackers a run can use: GenTract (the default) and the baselines; "none": fODF stage only
@@ -89,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling steps (default: the model's, 10)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="streamlines sampled at once (default: from free memory)")
+    g.add_argument("--support-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="keep only streamlines the fODF supports: ends trimmed to and extended "
+                        "along the fibre signal, streamlines with an unsupported gap rejected, "
+                        "sampling until --n-streamlines are kept; the fODF amplitude threshold "
+                        "relative to its 99th-percentile peak (default: %(default)s; 0: off, "
+                        "every sampled streamline is written)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", dest="eval_mode", choices=EVAL_MODES, default="auto",
                    help="auto: ground truth when the dataset has phantom-truth derivatives, atlas "
@@ -122,6 +129,8 @@ def parse_args(argv=None) -> Config:
     for flag in ("steps", "batch_size"):
         if getattr(opts, flag) is not None and getattr(opts, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    if not 0 <= opts.support_threshold < 1:
+        raise UsageError(f"--support-threshold must lie in [0, 1), got {opts.support_threshold}")
     trackers = list(dict.fromkeys(opts.tracker))
     if "none" in trackers:
         if len(trackers) > 1:
@@ -177,7 +186,8 @@ def _model_section(opts, check: bool) -> Model:
     from ..model.inference import check_compatible, load_model, resolve_model_path
 
     path = resolve_model_path(opts.model.resolve() if opts.model else None)
-    model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size)
+    model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size,
+                  support_threshold=opts.support_threshold or None)
     if check:
         _, meta = load_model(path)
         grid = Workflow()

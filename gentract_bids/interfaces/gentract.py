@@ -11,6 +11,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -34,6 +35,9 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     out_format = traits.Enum("trx", "tck", "trk", usedefault=True)
+    support_threshold = traits.Either(None, traits.Float, default=None, usedefault=True,
+                                      desc="fODF support filter threshold; None: off")
+    canonical_mask = File(exists=True, desc="brain mask on the model's grid (support filter)")
 
 
 class _GenTractSampleOutputSpec(TraitedSpec):
@@ -48,16 +52,24 @@ class GenTractSample(SimpleInterface):
     output_spec = _GenTractSampleOutputSpec
 
     def _run_interface(self, runtime):
-        from ..model.inference import load_model, sample_tractogram
+        from ..model.inference import fod_support, load_model, sample_tractogram
 
         i = self.inputs
         model, meta = load_model(i.model_path, device=i.device,
                                  expected_sha256=optional(i.model_sha256))
         fod = nb.load(i.canonical_fod)
         ref = nb.load(i.reference_file)
+        zscored = np.asanyarray(fod.dataobj, np.float32)
+        support = None
+        if optional(i.support_threshold):
+            if not isdefined(i.canonical_mask):
+                raise ValueError("the support filter needs canonical_mask")
+            mask = nb.load(i.canonical_mask)
+            support = fod_support(meta, zscored, np.asanyarray(mask.dataobj) > 0, fod.affine,
+                                  threshold=i.support_threshold)
         out = Path(f"tractogram.{i.out_format}").absolute()
         self._results["metadata"] = sample_tractogram(
-            model, meta, np.asanyarray(fod.dataobj, np.float32), out,
+            model, meta, zscored, out, support=support,
             n_streamlines=i.n_streamlines, ref_affine=ref.affine, ref_shape=ref.shape[:3],
             steps=optional(i.steps), sampler=optional(i.sampler),
             batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device)

@@ -193,12 +193,14 @@ class GenTract(nn.Module):
         return sampler
 
     @torch.inference_mode()
-    def sample_batches(self, context: Tensor, n_streamlines: int, steps: int | None = None,
+    def sample_batches(self, context: Tensor, n_streamlines: int | None,
+                       steps: int | None = None,
                        batch_size: int = 4096, generator: torch.Generator | None = None,
                        sampler: str | None = None, flow_method: str | None = None,
                        n_points: int | None = None,
                        volume: Tensor | None = None) -> Iterator[Tensor]:
-        """Yield batches (b, p, 3) of streamlines in [-1, 1] until ``n_streamlines`` are made.
+        """Yield batches (b, p, 3) of streamlines in [-1, 1] until ``n_streamlines`` are made
+        (``None``: full batches for as long as the caller iterates).
 
         The context cache (projected context + every layer's K/V) is built once. The module is in
         eval mode (no dropout) while sampling and goes back to its previous mode afterwards."""
@@ -214,8 +216,8 @@ class GenTract(nn.Module):
             fn = self.model_fn(cache, volume)
             device = context.device
             done = 0
-            while done < n_streamlines:
-                b = min(batch_size, n_streamlines - done)
+            while n_streamlines is None or done < n_streamlines:
+                b = batch_size if n_streamlines is None else min(batch_size, n_streamlines - done)
                 if cache.batch not in (1, b):
                     raise ValueError("sampling needs a context of batch 1")
                 shape = (b, p, 3)

@@ -15,6 +15,7 @@ positions file as soon as it is sampled, and the tractogram file is assembled fr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import shutil
@@ -33,6 +34,7 @@ from .gentract import SAMPLERS, CoordinateScaler
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "data" / "models" / "gentract_phantom"
 OUTPUT_FORMATS = ("trx", "tck", "trk")
+LOG = logging.getLogger(__name__)
 
 
 class ModelMismatchError(UsageError):
@@ -128,17 +130,34 @@ def sh_tensor(model, zscored_sh: np.ndarray, device: str = "cpu") -> torch.Tenso
     return vol.to(device)
 
 
+def fod_support(meta: dict, zscored_sh: np.ndarray, mask: np.ndarray, affine,
+                threshold: float | None = None) -> "FodSupport":
+    """The fODF support test of a subject from its z-scored canonical fODF (``mask`` and
+    ``affine`` of the canonical grid): the coefficients are un-z-scored with the checkpoint's
+    statistics. ``threshold`` None: the default."""
+    from ..fodf.grid import unzscore
+    from .support import FodSupport, SupportSettings
+
+    z = meta["zscore"]
+    sh = unzscore(zscored_sh, np.asarray(z["mean"]), np.asarray(z["std"]), mask)
+    settings = SupportSettings() if threshold is None else SupportSettings(threshold=threshold)
+    return FodSupport(sh, mask, affine, settings)
+
+
 def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_streamlines: int,
                       ref_affine, ref_shape, steps: int | None = None, sampler: str | None = None,
                       batch_size: int | None = None, seed: int = 0, device: str = "cpu",
-                      context: torch.Tensor | None = None) -> dict:
+                      context: torch.Tensor | None = None, support=None) -> dict:
     """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
 
     ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (with a
     precomputed ``context`` it is used only by a model with local fODF features). ``ref_affine``/``ref_shape`` describe the reference image of
     the tractogram header (the subject's native grid). The same ``seed`` gives the same streamlines
-    on the same device. Returns the sidecar metadata: sampler, steps, seed, device, counts, timings,
-    streamlines per second and peak memory."""
+    on the same device. With ``support`` (a :class:`~gentract_bids.model.support.FodSupport`),
+    every batch is trimmed and filtered by its fODF support and batches are drawn until
+    ``n_streamlines`` are kept (or ``max_oversampling`` times as many were drawn: then fewer are
+    written and the sidecar says so). Returns the sidecar metadata: sampler, steps, seed, device,
+    counts, timings, streamlines per second and peak memory."""
     out_file = Path(out_file)
     if n_streamlines < 1:
         raise ValueError(f"n_streamlines must be positive, got {n_streamlines}")
@@ -172,16 +191,38 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         positions = np.memmap(tmp / "positions.3.float32", dtype=np.float32, mode="w+",
                               shape=(n_streamlines * p, 3))
         t1 = time.perf_counter()
-        done = 0
+        done = drawn = accepted = 0
+        t_support = 0.0
+        max_drawn = None if support is None else support.settings.max_oversampling * n_streamlines
         with autocast:
-            for batch in model.sample_batches(context, n_streamlines, steps=steps,
-                                              batch_size=batch_size, generator=generator,
-                                              volume=volume):
+            for batch in model.sample_batches(context, None if support else n_streamlines,
+                                              steps=steps, batch_size=batch_size,
+                                              generator=generator, volume=volume):
                 mm = scaler.to_mm(batch.float().cpu().numpy().astype(np.float64))
+                drawn += len(mm)
+                if support is not None:
+                    ts = time.perf_counter()
+                    mm = support.filter(mm)
+                    accepted += len(mm)
+                    mm = mm[:n_streamlines - done]
+                    t_support += time.perf_counter() - ts
                 positions[done * p:(done + len(mm)) * p] = mm.reshape(-1, 3)
                 done += len(mm)
+                if done >= n_streamlines or (max_drawn is not None and drawn >= max_drawn):
+                    break
         positions.flush()
         t_sample = time.perf_counter() - t1
+        if done == 0:
+            raise ModelMismatchError(f"none of the {drawn} sampled streamlines is supported by the "
+                               "fODF; check the model fits these data (or lower "
+                               "--support-threshold)")
+        if done < n_streamlines:  # fewer were kept: the on-disk layout holds exactly those
+            LOG.warning("only %d of %d streamlines kept after drawing %d: the fODF supports few "
+                        "of this model's streamlines", done, n_streamlines, drawn)
+            del positions
+            os.truncate(tmp / "positions.3.float32", done * p * 3 * 4)
+            positions = np.memmap(tmp / "positions.3.float32", dtype=np.float32, mode="r+",
+                                  shape=(done * p, 3))
         t2 = time.perf_counter()
         _write(positions, p, out_file, ref_affine, ref_shape, tmp)
         t_write = time.perf_counter() - t2
@@ -204,12 +245,18 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         "RandomSeed": int(seed),
         "Device": device,
         "BatchSize": batch_size,
-        "NumberOfStreamlines": int(n_streamlines),
+        "NumberOfStreamlines": int(done),
+        "NumberRequested": int(n_streamlines),
+        "NumberSampled": int(drawn),
+        "SupportFilter": (None if support is None else
+                          {**support.settings.as_dict(),
+                           "AcceptanceRate": round(accepted / drawn, 4),
+                           "ReferenceAmplitude": support.reference}),
         "PointsPerStreamline": int(p),
         "Timings": {"ContextSeconds": round(t_context, 3), "SamplingSeconds": round(t_sample, 3),
-                    "WritingSeconds": round(t_write, 3),
+                    "SupportSeconds": round(t_support, 3), "WritingSeconds": round(t_write, 3),
                     "TotalSeconds": round(time.perf_counter() - t0, 3)},
-        "StreamlinesPerSecond": round(n_streamlines / max(t_sample, 1e-9), 1),
+        "StreamlinesPerSecond": round(done / max(t_sample, 1e-9), 1),
         "Memory": peak,
     }
 

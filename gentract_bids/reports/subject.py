@@ -411,6 +411,16 @@ def methods_paragraph(series_list: list[dict]) -> tuple[str, list[str]]:
             text.append(f"Whole-brain tractograms were sampled with GenTract {cite('gentract')},"
                         " a generative model that produces complete streamlines conditioned on "
                         "the subject's fODF.")
+            filters = [t["sidecar"].get("SupportFilter") for s in series_list
+                       for t in s["trackers"] if t["model"] == m]
+            if any(filters):
+                f = next(f for f in filters if f)
+                text.append("Sampled streamlines were kept only where the subject's fODF "
+                            "supports them (fODF amplitude along the streamline at least "
+                            f"{esc(f['Threshold'])} times its 99th-percentile peak; unsupported "
+                            "ends trimmed, ends extended along the fODF, streamlines with an "
+                            "unsupported gap rejected; a gentract addition, not part of the "
+                            "published method).")
         elif m in MRTRIX_MODELS:
             text.append(f"Baseline tractograms were computed with MRtrix3 {cite('mrtrix')} "
                         f"({esc(TRACKER_NAMES[m])}).")

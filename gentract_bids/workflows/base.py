@@ -121,7 +121,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         wf.connect([
             (fodf_wf, track_wf, [("outputnode.mask_file", "inputnode.mask_file"),
                                  ("outputnode.fod_file", "inputnode.fod_file"),
-                                 ("outputnode.canonical_fod", "inputnode.canonical_fod")]),
+                                 ("outputnode.canonical_fod", "inputnode.canonical_fod"),
+                                 ("outputnode.canonical_mask", "inputnode.canonical_mask")]),
             (fodf_wf, eval_wf, [("outputnode.mask_file", "inputnode.reference"),
                                 ("outputnode.mask_file", "inputnode.mask_file")]),
             (track_wf, eval_wf, [("outputnode.tractogram", "inputnode.tractogram")]),
@@ -141,7 +142,7 @@ def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: boo
             model_path=str(mcfg.path), model_sha256=mcfg.sha256,
             n_streamlines=wcfg.n_streamlines, sampler=mcfg.sampler, steps=mcfg.steps,
             batch_size=mcfg.batch_size, seed=config.seeds.torch % (2**63), device=device,
-            output_format=wcfg.output_format,
+            output_format=wcfg.output_format, support_threshold=mcfg.support_threshold,
         )
     return init_baseline_tracking_wf(
         tracker=tracker, n_streamlines=wcfg.n_streamlines, sift_factor=wcfg.sift_factor,

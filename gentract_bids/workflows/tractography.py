@@ -9,7 +9,7 @@ from ..interfaces.gentract import GenTractSample
 from ..interfaces.tracking import DipyTrack, MRtrixTrack
 
 TRACKING_INPUTS = ["dwi_file", "bval_file", "bvec_file", "mask_file", "fod_file", "canonical_fod",
-                   "wm_pve_file", "gm_pve_file", "csf_pve_file"]
+                   "canonical_mask", "wm_pve_file", "gm_pve_file", "csf_pve_file"]
 
 # tracker name (CLI) -> (model entity of its derivatives, how it runs)
 TRACKERS = {
@@ -82,6 +82,7 @@ def init_gentract_tractography_wf(
     seed: int = 0,
     device: str = "cpu",
     output_format: str = "trx",
+    support_threshold: float | None = None,
     name: str = "track_gentract_wf",
 ):
     """GenTract: encode the subject's context once, sample ``n_streamlines`` whole streamlines.
@@ -89,7 +90,9 @@ def init_gentract_tractography_wf(
     Inputs (``inputnode``, see :data:`TRACKING_INPUTS`): reads ``canonical_fod`` (the fODF on the
     model's grid, z-scored with the model's statistics: the fODF stage's ``canonical_fod`` when it
     was built with the checkpoint as ``stats_file``) and ``mask_file`` (the native grid the
-    tractogram header records).
+    tractogram header records); with ``support_threshold`` also ``canonical_mask``, and the
+    sampled streamlines are trimmed, extended and filtered by their fODF support
+    (:mod:`gentract_bids.model.support`) until ``n_streamlines`` are kept.
 
     Outputs (``outputnode``): ``tractogram`` (RAS+ mm) and ``metadata`` (model name and sha256,
     sampler, steps, seed, device, number of streamlines, timings).
@@ -98,10 +101,14 @@ def init_gentract_tractography_wf(
     sample = pe.Node(GenTractSample(model_path=str(model_path), model_sha256=model_sha256,
                                     n_streamlines=n_streamlines, sampler=sampler, steps=steps,
                                     batch_size=batch_size, random_seed=seed, device=device,
-                                    out_format=output_format),
+                                    out_format=output_format,
+                                    support_threshold=support_threshold),
                      name="sample")
+    links = [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]
+    if support_threshold:
+        links.append(("canonical_mask", "canonical_mask"))
     wf.connect([
-        (inputnode, sample, [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]),
+        (inputnode, sample, links),
         (sample, outputnode, [("out_file", "tractogram"), ("metadata", "metadata")]),
     ])  # fmt: skip
     return wf
