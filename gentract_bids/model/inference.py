@@ -213,9 +213,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         positions.flush()
         t_sample = time.perf_counter() - t1
         if done == 0:
-            raise ModelMismatchError(f"none of the {drawn} sampled streamlines is supported by the "
-                               "fODF; check the model fits these data (or lower "
-                               "--support-threshold)")
+            raise ModelMismatchError(f"none of the {drawn} sampled streamlines is supported by "
+                                     "the fODF; check the model fits these data (or lower "
+                                     "--support-threshold)")
         if done < n_streamlines:  # fewer were kept: the on-disk layout holds exactly those
             LOG.warning("only %d of %d streamlines kept after drawing %d: the fODF supports few "
                         "of this model's streamlines", done, n_streamlines, drawn)
