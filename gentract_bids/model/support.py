@@ -126,9 +126,9 @@ class FodSupport:
         basis, _, _ = real_sh_descoteaux(self.sh_order, theta, phi, legacy=False)  # (n, m)
         return np.einsum("nm,nm->n", self._coefficients(points), basis) / self.reference
 
-    def extend(self, ends: np.ndarray, directions: np.ndarray) -> list[list[np.ndarray]]:
+    def extend(self, ends: np.ndarray, directions: np.ndarray) -> list[np.ndarray]:
         """Follow the fODF from ``ends`` (n, 3) onward along ``directions`` (n, 3, unit): the
-        points added to each end (possibly none), in order away from the streamline."""
+        points added to each end, (k, 3) with k >= 0, in order away from the streamline."""
         st = self.settings
         added = [[] for _ in range(len(ends))]
         cos_cone = np.cos(np.deg2rad(st.extension_cone_deg))
@@ -150,7 +150,7 @@ class FodSupport:
             for i in moving:
                 added[i].append(p[i].copy())
             active = moving
-        return added
+        return [np.reshape(a, (-1, 3)) for a in added]
 
     def profile(self, streamlines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Check points (n, k, 3) of ``streamlines`` (n, p, 3) and their relative amplitudes (n, k)."""
@@ -192,6 +192,5 @@ class FodSupport:
 
         first = np.array([s[0] for s in kept])
         last = np.array([s[-1] for s in kept])
-        heads = self.extend(first, unit(first - np.array([s[1] for s in kept])))
-        tails = self.extend(last, unit(last - np.array([s[-2] for s in kept])))
-        return ([np.reshape(h, (-1, 3)) for h in heads], [np.reshape(t, (-1, 3)) for t in tails])
+        return (self.extend(first, unit(first - np.array([s[1] for s in kept]))),
+                self.extend(last, unit(last - np.array([s[-2] for s in kept]))))

@@ -411,10 +411,9 @@ def methods_paragraph(series_list: list[dict]) -> tuple[str, list[str]]:
             text.append(f"Whole-brain tractograms were sampled with GenTract {cite('gentract')},"
                         " a generative model that produces complete streamlines conditioned on "
                         "the subject's fODF.")
-            filters = [t["sidecar"].get("SupportFilter") for s in series_list
-                       for t in s["trackers"] if t["model"] == m]
-            if any(filters):
-                f = next(f for f in filters if f)
+            f = next((t["sidecar"]["SupportFilter"] for s in series_list for t in s["trackers"]
+                      if t["model"] == m and t["sidecar"].get("SupportFilter")), None)
+            if f:
                 text.append("Sampled streamlines were kept only where the subject's fODF "
                             "supports them (fODF amplitude along the streamline at least "
                             f"{esc(f['Threshold'])} times its 99th-percentile peak; unsupported "
