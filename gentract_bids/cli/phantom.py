@@ -32,6 +32,24 @@ def _positive(kind):
     return conv
 
 
+def _report(n_requested: int):
+    """Per-subject progress line; bundles short of ground-truth streamlines, named."""
+    def report(subj):
+        line = f"gentract-phantom: sub-{subj.label} written"
+        short = subj.extra.get("shortfall")
+        if short is not None:
+            pose = subj.extra["atlas_map"].pose.as_dict()
+            n_ok = len(subj.bundle_names) - len(short)
+            line += (f" ({pose['StorageOrientation']}, rotation {pose['RotationDegrees']} deg, "
+                     f"translation {pose['TranslationMm']} mm; {n_ok}/{len(subj.bundle_names)} "
+                     f"bundles gave {n_requested} ground-truth streamlines)")
+            for name, info in short.items():
+                line += f"\n  {name}: {info['n']} of {n_requested} (rejected: " + ", ".join(
+                    f"{k} {v}" for k, v in info.items() if k not in ("n", "seeds")) + ")"
+        print(line, flush=True)
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ExitCodeParser(prog="gentract-phantom", description=__doc__)
     p.add_argument("out_dir", type=Path, help="output BIDS dataset directory")
@@ -40,8 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=_positive(float), default=30.0,
                    help="b=0 white-matter SNR (Rician sigma = S0/SNR)")
     p.add_argument("--voxel-size", type=_positive(float), default=2.0, help="mm, isotropic")
+    p.add_argument("--anatomy", choices=("tubes", "human"), default="tubes",
+                   help="tubes: procedural brain-like tube phantom centred on the origin; human: "
+                        "72 TractSeg bundles of a human brain (packaged), each subject deformed "
+                        "and written in its own scanner space")
     p.add_argument("--geometry", type=Path, default=None,
-                   help="phantomas-format JSON geometry to use instead of the brain-like template")
+                   help="(tubes) phantomas-format JSON geometry instead of the brain-like template")
+    p.add_argument("--atlas-dir", type=Path, default=None,
+                   help="(human) a TractSeg-layout folder (bundle_segmentations/, "
+                        "endings_segmentations/, TOM/, peaks, FA, brain mask) instead of the "
+                        "packaged anatomy")
+    p.add_argument("--bundles", default=None,
+                   help="(human) comma-separated subset of bundle names, e.g. CST_left,CC_4,AF_left")
     p.add_argument("--bvals", type=_bvals, default=(0, 1000, 2000, 3000),
                    help="comma-separated shells, e.g. 0,1000,2000,3000 (0 = b0 volumes)")
     p.add_argument("--n-dirs", type=_positive(int), default=32, help="directions per shell")
@@ -66,6 +94,23 @@ def main(argv=None) -> int:
             geometry = load_geometry(args.geometry)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             parser.error(f"cannot read --geometry {args.geometry}: {exc}")
+    bundles = None
+    if args.anatomy == "human":
+        if args.geometry is not None:
+            parser.error("--geometry applies to --anatomy tubes only")
+        from gentract_bids.phantom.atlas import load_atlas
+
+        try:
+            atlas = load_atlas(None if args.atlas_dir is None else str(args.atlas_dir))
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"cannot read the human anatomy{f' from {args.atlas_dir}' if args.atlas_dir else ''}: {exc}")
+        if args.bundles:
+            bundles = [b.strip() for b in args.bundles.split(",") if b.strip()]
+            unknown = sorted(set(bundles) - set(atlas.names))
+            if unknown:
+                parser.error(f"unknown bundle(s) {', '.join(unknown)}; known: {', '.join(atlas.names)}")
+    elif args.atlas_dir is not None or args.bundles:
+        parser.error("--atlas-dir and --bundles apply to --anatomy human only")
     from gentract_bids.phantom.cohort import is_phantom_dataset, make_cohort
 
     out = args.out_dir
@@ -80,7 +125,9 @@ def main(argv=None) -> int:
         return EX_CANTCREAT
     make_cohort(out, n_subjects=args.n_subjects, seed=args.seed, snr=args.snr,
                 voxel_size=args.voxel_size, geometry=args.geometry, bvals=args.bvals,
-                n_dirs=args.n_dirs, n_b0=args.n_b0, n_truth_streamlines=args.n_truth_streamlines)
+                n_dirs=args.n_dirs, n_b0=args.n_b0, n_truth_streamlines=args.n_truth_streamlines,
+                anatomy_kind=args.anatomy, atlas_dir=args.atlas_dir, bundles=bundles,
+                on_subject=_report(args.n_truth_streamlines))
     print(f"gentract-phantom: wrote {args.n_subjects} subject(s) to {out}")
     return EX_OK
 

@@ -38,7 +38,7 @@ class BundleAnatomy:
     tom: np.ndarray  # (X, Y, Z, 3) float32, unit RAS+ directions (zeros where undefined)
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity (cached derived maps)
 class Atlas:
     names: list
     affine: np.ndarray  # voxel -> MNI mm

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -76,11 +76,13 @@ class SubjectTransform:
 
 
 def draw_transform(rng, n_bundles: int, extent_points: np.ndarray, box_points=None,
-                   n_modes: int = 6, rms_mm=(3.0, 5.0), max_mm: float = 8.0) -> SubjectTransform:
+                   n_modes: int = 6, rms_mm=(3.0, 5.0), max_mm: float = 8.0,
+                   box_half=MODEL_BOX_HALF) -> SubjectTransform:
     """Random scale (+-10 % per axis), rotation (+-10 deg per axis), smooth deformation (RMS
     3-5 mm over ``extent_points``, max 8 mm, Lipschitz < 0.5 so it is invertible) and radius
     jitter (+-15 %). The scale is shrunk where needed to keep ``box_points`` (default
-    ``extent_points``) inside the canonical model box."""
+    ``extent_points``) inside the box of half-extent ``box_half`` (default: the canonical model
+    box; None: no box)."""
     scale = 1.0 + rng.uniform(-0.10, 0.10, 3)
     rot = _rotation(rng.uniform(-10.0, 10.0, 3))
     k_dir = rng.standard_normal((n_modes, 3))
@@ -100,9 +102,9 @@ def draw_transform(rng, n_bundles: int, extent_points: np.ndarray, box_points=No
     if lip > 0.5:
         amp *= 0.5 / lip
     box_points = extent_points if box_points is None else box_points
-    for _ in range(20):  # keep the brain in the canonical model box
+    for _ in range(20 if box_half is not None else 0):  # keep the brain in the box
         ext = np.abs(t.forward(box_points)).max(0)
-        over = ext / (MODEL_BOX_HALF - 1.0)
+        over = ext / (np.asarray(box_half) - 1.0)
         if over.max() <= 1.0:
             break
         t.scale = t.scale / np.maximum(over, 1.0)
@@ -155,6 +157,7 @@ class Subject:
     streamlines: dict  # bundle name -> list of (n, 3) arrays
     transform: SubjectTransform
     sigma: float
+    extra: dict = field(default_factory=dict)  # anatomy-specific truth (human: the atlas map)
 
 
 def tube_voxel_masks(centrelines, shape, affine, part: str = "all", cap_mm: float = 4.0,
@@ -344,7 +347,8 @@ DWI_SIDECAR = {
 }
 
 
-def write_subject(subj: Subject, out_dir: Path, params: dict) -> None:
+def write_subject(subj: Subject, out_dir: Path, params: dict,
+                  model_name: str = "procedural tube phantom") -> None:
     """Write one subject's raw files and its ground truth under ``derivatives/phantom-truth``."""
     sub = f"sub-{subj.label}"
     raw = out_dir / sub / "dwi"
@@ -354,7 +358,8 @@ def write_subject(subj: Subject, out_dir: Path, params: dict) -> None:
     (raw / f"{sub}_dwi.bvec").write_text(
         "\n".join(" ".join(f"{v:.6f}" for v in row)
                   for row in voxel_to_fsl_bvecs(subj.bvecs, subj.affine).T) + "\n")
-    side = dict(DWI_SIDECAR, SliceThickness=float(abs(subj.affine[2, 2])))
+    side = dict(DWI_SIDECAR, SliceThickness=float(abs(subj.affine[2, 2])),
+                ManufacturersModelName=model_name)
     side["PhantomParameters"] = params
     _write_json(raw / f"{sub}_dwi.json", side)
 
@@ -385,29 +390,26 @@ def write_subject(subj: Subject, out_dir: Path, params: dict) -> None:
                                          "volume fraction; zeros where absent"}})
     _save_nii(der / f"{p}_model-truth_param-fractions_dwimap.nii.gz",
               subj.peak_fractions.astype(np.float32), aff)
-    save_geometry(subj.geometry, der / f"{p}_desc-truth_geometry.json")
+    if subj.geometry is not None:
+        save_geometry(subj.geometry, der / f"{p}_desc-truth_geometry.json")
 
 
-def make_cohort(out_dir, n_subjects: int = 4, seed: int = 0, snr: float = 30.0,
-                voxel_size: float = 2.0, geometry=None, bvals=(0, 1000, 2000, 3000),
-                n_dirs: int = 32, n_b0: int = 6, n_truth_streamlines: int = 200) -> Path:
-    """Write a BIDS dataset of ``n_subjects`` synthetic subjects (+ ground-truth derivatives).
+_README = {
+    "tubes": "Each subject is a random smooth deformation, scaling and rotation of a procedural\n"
+             "brain-like phantom made of named fibre-bundle tubes (or of an external phantomas\n"
+             "geometry), centred on the world origin and stored RAS+.\n",
+    "human": "Each subject is a random smooth deformation, scaling and rotation of one human\n"
+             "brain's white-matter anatomy (72 TractSeg bundles of an HCP subject in MNI space;\n"
+             "Wasserthal et al., NeuroImage 2018; Apache-2.0), with ground-truth streamlines\n"
+             "tracked along the bundles' orientation maps, written in its own scanner space (head\n"
+             "rotation and translation, RAS/LAS/LPS storage, field of view cropped to the head).\n"
+             "The true map from each subject's scanner space to MNI space is in the truth folder.\n",
+}
+_MODEL_NAME = {"tubes": "procedural tube phantom",
+               "human": "human-anatomy phantom (TractSeg HCP bundles)"}
 
-    ``geometry``: None (our brain-like template), a Geometry, or a phantomas JSON path."""
-    from .geometry import load_geometry
 
-    out_dir = Path(out_dir)
-    geom_name = None
-    if geometry is not None and not isinstance(geometry, Geometry):
-        geom_name = Path(geometry).name
-        geometry = load_geometry(geometry)
-    params = {"seed": int(seed), "snr": float(snr), "voxel_size": float(voxel_size),
-              "geometry": geom_name if geometry is not None else "gentract-brain",
-              "bvals": [float(b) for b in bvals], "n_dirs": int(n_dirs), "n_b0": int(n_b0),
-              "n_truth_streamlines": int(n_truth_streamlines)}
-    if out_dir.exists() and is_phantom_dataset(out_dir):
-        shutil.rmtree(out_dir)  # an earlier phantom: regenerate from scratch
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_description(out_dir: Path, params: dict, anatomy_kind: str, n_subjects: int) -> None:
     _write_json(out_dir / "dataset_description.json", {
         "Name": "gentract synthetic phantom cohort",
         "BIDSVersion": "1.9.0",
@@ -417,12 +419,11 @@ def make_cohort(out_dir, n_subjects: int = 4, seed: int = 0, snr: float = 30.0,
         "GeneratedBy": _generated_by(params),
     })
     (out_dir / "README").write_text(
-        "Synthetic diffusion MRI cohort written by gentract-phantom.\n\n"
-        "Each subject is a random smooth deformation, scaling and rotation of a procedural\n"
-        "brain-like phantom made of named fibre-bundle tubes (or of an external phantomas\n"
-        "geometry). Ground truth (streamlines, bundle masks, tissue fractions, fibre peaks)\n"
-        "is in derivatives/phantom-truth.\n")
+        "Synthetic diffusion MRI cohort written by gentract-phantom.\n\n" + _README[anatomy_kind]
+        + "Ground truth (streamlines, bundle masks, tissue fractions, fibre peaks) is in\n"
+        "derivatives/phantom-truth.\n")
     labels = [f"sub-{i:02d}" for i in range(1, n_subjects + 1)]
+    seed = params["seed"]
     (out_dir / "participants.tsv").write_text(
         "participant_id\tphantom_seed\n" + "".join(f"{l}\t{seed}\n" for l in labels))
     _write_json(out_dir / "participants.json", {
@@ -437,10 +438,63 @@ def make_cohort(out_dir, n_subjects: int = 4, seed: int = 0, snr: float = 30.0,
         "GeneratedBy": _generated_by(params),
         "SourceDatasets": [{"URL": "../../"}],
     })
+
+
+def make_cohort(out_dir, n_subjects: int = 4, seed: int = 0, snr: float = 30.0,
+                voxel_size: float = 2.0, geometry=None, bvals=(0, 1000, 2000, 3000),
+                n_dirs: int = 32, n_b0: int = 6, n_truth_streamlines: int = 200,
+                anatomy_kind: str = "tubes", atlas_dir=None, bundles=None,
+                on_subject=None) -> Path:
+    """Write a BIDS dataset of ``n_subjects`` synthetic subjects (+ ground-truth derivatives).
+
+    ``anatomy_kind``: "tubes" (``geometry``: None for our brain-like template, a Geometry, or a
+    phantomas JSON path) or "human" (the packaged TractSeg anatomy, or the TractSeg-layout folder
+    ``atlas_dir``; ``bundles``: a subset of its bundle names). ``on_subject(subject)`` is called
+    after each subject is written (progress, logs)."""
+    from .geometry import load_geometry
+
+    out_dir = Path(out_dir)
+    params = {"seed": int(seed), "snr": float(snr), "voxel_size": float(voxel_size),
+              "bvals": [float(b) for b in bvals], "n_dirs": int(n_dirs), "n_b0": int(n_b0),
+              "n_truth_streamlines": int(n_truth_streamlines), "anatomy": anatomy_kind}
+    if anatomy_kind == "human":
+        from .atlas import load_atlas
+
+        atlas = load_atlas(None if atlas_dir is None else str(atlas_dir))
+        if bundles:
+            atlas = atlas.subset(list(bundles))
+        params.update(atlas=str(atlas_dir) if atlas_dir else "packaged tractseg_hcp",
+                      atlas_checksum=atlas.checksum, bundles=list(atlas.names))
+    else:
+        geom_name = None
+        if geometry is not None and not isinstance(geometry, Geometry):
+            geom_name = Path(geometry).name
+            geometry = load_geometry(geometry)
+        params["geometry"] = geom_name if geometry is not None else "gentract-brain"
+    if out_dir.exists() and is_phantom_dataset(out_dir):
+        shutil.rmtree(out_dir)  # an earlier phantom: regenerate from scratch
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_description(out_dir, params, anatomy_kind, n_subjects)
     for i in range(1, n_subjects + 1):
-        subj = make_subject(i, seed=seed, snr=snr, voxel_size=voxel_size, geometry=geometry,
-                            bvals=bvals, n_dirs=n_dirs, n_b0=n_b0,
-                            n_truth_streamlines=n_truth_streamlines)
-        write_subject(subj, out_dir, params)
+        if anatomy_kind == "human":
+            from .human import human_truth_extras, make_human_subject
+
+            subj = make_human_subject(i, atlas, seed=seed, snr=snr, voxel_size=voxel_size,
+                                      bvals=bvals, n_dirs=n_dirs, n_b0=n_b0,
+                                      n_truth_streamlines=n_truth_streamlines)
+            write_subject(subj, out_dir, params, model_name=_MODEL_NAME[anatomy_kind])
+            der = out_dir / "derivatives" / "phantom-truth" / f"sub-{subj.label}" / "dwi"
+            for name, content in human_truth_extras(subj, n_truth_streamlines).items():
+                if isinstance(content, dict):
+                    _write_json(der / name, content)
+                else:
+                    nib.save(content, str(der / name))
+        else:
+            subj = make_subject(i, seed=seed, snr=snr, voxel_size=voxel_size, geometry=geometry,
+                                bvals=bvals, n_dirs=n_dirs, n_b0=n_b0,
+                                n_truth_streamlines=n_truth_streamlines)
+            write_subject(subj, out_dir, params)
+        if on_subject is not None:
+            on_subject(subj)
         del subj
     return out_dir
