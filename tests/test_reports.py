@@ -250,3 +250,29 @@ def test_report_failure_keeps_outputs(run, capsys):
     assert "report of sub-99 could not be written" in captured.err
     assert f"gentract: report: {out / 'sub-01.html'}" in captured.out
     assert sorted(p for p in out.rglob("*") if p.is_file()) == before
+
+
+def test_many_bundles_grouped_by_family(tmp_path):
+    """72 TractSeg bundles: the table gets a per-family summary and a family-sorted full table,
+    the F1 figure pairs left/right rows and stays narrow."""
+    from PIL import Image
+
+    from gentract_bids.phantom.atlas import load_atlas
+    from gentract_bids.reports import figures, subject
+    from gentract_bids.reports.bundles import bundle_group, grouped
+
+    names = load_atlas().names
+    fams = dict(grouped(names))
+    assert list(fams) == ["commissural", "association", "limbic", "projection", "cerebellar"]
+    assert sum(map(len, fams.values())) == 72 and fams["cerebellar"][2] == "MCP"
+    assert bundle_group("CST_L") == bundle_group("CST_right") == "projection"
+    rows = [{"bundle": n, "n_streamlines": 3, "found": str(n != "FX_left").lower(),
+             "f1": 0.5 if n.startswith("CC") else 0.1} for n in names]
+    html = subject._bundles_html(rows, "sdstream")
+    assert html.index('class="families"') < html.index("<details>")
+    assert "<td>commissural</td><td>9 / 9</td><td>0.456</td>" in html  # CA 0.1, 8 CC* 0.5
+    assert "not found: FX_left" in html
+    png = figures.plot_f1_bars({"bundles": [dict(r, found=r["found"] == "true") for r in rows],
+                                "mean_f1": 0.2}, tmp_path / "f1.png")
+    w, h = Image.open(png).size
+    assert w < 1000 and h > w

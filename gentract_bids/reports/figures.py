@@ -17,6 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from .bundles import MANY_BUNDLES, bundle_group, grouped, sort_key, split_side
 
 VIEWS = {  # name -> (horizontal axis, vertical axis, axis labels)
     "axial": (0, 1, ("x (R) mm", "y (A) mm")),
@@ -103,7 +106,13 @@ def plot_bundles(streamlines_by_bundle: dict, path, *, views=("axial", "coronal"
     names = [b for b, sl in streamlines_by_bundle.items() if len(sl)]
     groups = {b: _subsample(streamlines_by_bundle[b], max_streamlines, seed=k)
               for k, b in enumerate(names)}
-    colours = dict(zip(names, bundle_colours(len(names))))
+    many = len(names) > MANY_BUNDLES
+    if many:  # one colour per family: 72 colours cannot be told apart
+        families = [f for f, _ in grouped(names)]
+        fam_col = dict(zip(families, bundle_colours(len(families))))
+        colours = {b: fam_col[bundle_group(b)] for b in names}
+    else:
+        colours = dict(zip(names, bundle_colours(len(names))))
     pts = _all_points(groups.values())
     fig = _figure((4.2 * len(views) + 2.2, 4.6))
     axes = fig.subplots(1, len(views), squeeze=False)
@@ -114,9 +123,11 @@ def plot_bundles(streamlines_by_bundle: dict, path, *, views=("axial", "coronal"
                                 linewidths=linewidth, alpha=alpha)
             ax.add_collection(lc)
         _finish_axes(ax, view, pts)
-    handles = [Line2D([], [], color=colours[b], lw=2) for b in names]
+    labels = [f"{f} ({len(n)})" for f, n in grouped(names)] if many else names
+    handles = ([Line2D([], [], color=fam_col[f], lw=2) for f, _ in grouped(names)] if many
+               else [Line2D([], [], color=colours[b], lw=2) for b in names])
     if handles:  # beside the last panel (follows it when the equal aspect shrinks the panel)
-        axes[0][-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5),
+        axes[0][-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5),
                            fontsize=7, frameon=False, ncol=1 if len(names) <= 24 else 2)
     if title:
         fig.suptitle(title)
@@ -160,6 +171,8 @@ def plot_f1_bars(summary: dict, path, *, key: str = "f1", title: str | None = No
     bundles that were not found are drawn as hatched zero-height markers in grey."""
     path = Path(path)
     rows = summary.get("bundles", [])
+    if len(rows) > MANY_BUNDLES:
+        return _f1_pairs(summary, path, key=key, title=title, dpi=dpi)
     names = [r["bundle"] for r in rows]
     vals = np.array([float(r.get(key) or 0.0) for r in rows])
     found = np.array([bool(r.get("found")) for r in rows])
@@ -177,13 +190,65 @@ def plot_f1_bars(summary: dict, path, *, key: str = "f1", title: str | None = No
     if mean is not None:
         ax.axhline(mean, color="tab:orange", ls="--", lw=1, label=f"mean {mean:.3f}")
     if len(names):
-        from matplotlib.patches import Patch
 
         handles, labels = ax.get_legend_handles_labels()
         handles.insert(0, Patch(facecolor="tab:blue", edgecolor="black", lw=0.4))
         labels.insert(0, "found")
         ax.legend(handles, labels, fontsize=7, loc="upper right", ncol=len(labels))
     ax.set_title(title or f"per-bundle {key} ({summary.get('mode', '')})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+SIDE_COLOURS = {"left": "tab:blue", "right": "tab:orange", "": "tab:green"}
+
+
+def _f1_pairs(summary: dict, path: Path, *, key: str, title: str | None, dpi: int) -> Path:
+    """Many bundles: horizontal bars, one row per bundle base name (left and right side by
+    side), rows grouped by family (:mod:`.bundles`); not-found bundles marked with a red x."""
+    rows = {r["bundle"]: r for r in summary.get("bundles", [])}
+    labels, groups, y, ys = [], [], 0.0, {}
+    for family, names in grouped(rows):
+        groups.append((family, y))
+        for n in names:
+            base, side = split_side(n)
+            if not labels or labels[-1][0] != base or labels[-1][1] != family:
+                labels.append((base, family, y))
+                y += 1
+            ys[n] = (labels[-1][2], side)
+        y += 0.6
+    fig = _figure((7.5, 0.2 * y + 1.4))
+    ax = fig.subplots()
+    for n, (yy, side) in ys.items():
+        off = {"left": -0.2, "right": 0.2, "": 0.0}[side]
+        v = float(rows[n].get(key) or 0.0)
+        ax.barh(yy + off, v, height=0.38 if side else 0.6, color=SIDE_COLOURS[side],
+                edgecolor="black", lw=0.3)
+        if not rows[n].get("found") or str(rows[n].get("found")).lower() == "false":
+            ax.plot(0.01, yy + off, "x", color="tab:red", ms=4)
+    ax.set_yticks([l[2] for l in labels])
+    ax.set_yticklabels([l[0] for l in labels], fontsize=7)
+    for family, y0 in groups:
+        ax.text(1.07, y0 - 0.5, family, fontsize=8, fontweight="bold", va="top", ha="right")
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    name = key.upper() if len(key) <= 3 else key
+    ax.set_xlabel(name)
+    mean = summary.get(f"mean_{key}")
+    handles = [Patch(facecolor=c, edgecolor="black", lw=0.3) for c in SIDE_COLOURS.values()]
+    labs = ["left", "right", "midline"]
+    if mean is not None:
+        ax.axvline(mean, color="grey", ls="--", lw=1)
+        handles.append(Line2D([], [], color="grey", ls="--"))
+        labs.append(f"mean {mean:.3f}")
+    handles.append(Line2D([], [], ls="", marker="x", color="tab:red"))
+    labs.append("not found")
+    ax.legend(handles, labs, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=len(labs), frameon=False)
+    ax.set_title(title or f"per-bundle {name} ({summary.get('mode', '')}), by family",
+                 fontsize=10, pad=22)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     return path
@@ -365,6 +430,8 @@ def plot_group_bundle_heatmap(rows: list[dict], path, *, key: str = "f1",
     first-seen order), trackers (``model``) as rows, values written in the cells."""
     path = Path(path)
     bundles = list(dict.fromkeys(r["bundle"] for r in rows))
+    if len(bundles) > MANY_BUNDLES:
+        bundles = sorted(bundles, key=sort_key)
     models = sorted({r["model"] for r in rows})
     grid = np.full((len(models), len(bundles)), np.nan)
     for i, m in enumerate(models):
@@ -373,19 +440,25 @@ def plot_group_bundle_heatmap(rows: list[dict], path, *, key: str = "f1",
                     and r.get(key) not in (None, "")]
             if vals:
                 grid[i, j] = np.mean(vals)
-    fig = _figure((max(5.0, 0.42 * len(bundles) + 2.0), 0.4 * len(models) + 1.9))
+    many = len(bundles) > MANY_BUNDLES  # then bundles run down the rows, models across
+    cols, rows_ = (models, bundles) if many else (bundles, models)
+    grid = grid.T if many else grid
+    size = ((0.9 * len(models) + 3.0, 0.2 * len(bundles) + 1.8) if many
+            else (max(5.0, 0.42 * len(bundles) + 2.0), 0.4 * len(models) + 1.9))
+    fig = _figure(size)
     ax = fig.subplots()
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    for i in range(len(models)):
-        for j in range(len(bundles)):
+    for i in range(len(rows_)):
+        for j in range(len(cols)):
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.2f}"[1:] if 0 <= grid[i, j] < 1 else
                         f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
                         color="white" if grid[i, j] < 0.6 else "black")
-    ax.set_xticks(range(len(bundles)))
-    ax.set_xticklabels(bundles, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(models)))
-    ax.set_yticklabels(models, fontsize=8)
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels(cols, rotation=30 if many else 60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows_)))
+    ax.set_yticklabels([f"{b}  [{bundle_group(b)[:5]}]" for b in rows_] if many else rows_,
+                       fontsize=7 if many else 8)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01,
                  label=f"mean {key.upper() if len(key) <= 3 else key}")
     name = key.upper() if len(key) <= 3 else key

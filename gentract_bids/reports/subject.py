@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundles import MANY_BUNDLES, bundle_group, grouped, sort_key
+
 SERIES_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
 FOD_GLOB = "*_space-dwi_model-csd_param-fod_dwimap.json"
 TRACKER_NAMES = {"gentract": "GenTract", "ifod2": "MRtrix3 iFOD2", "sdstream": "MRtrix3 SD_Stream",
@@ -335,13 +337,7 @@ def _tracker_html(output_dir, series: dict, t: dict) -> str:
     rows += [(label, fmt(sanity.get(k))) for k, label in SANITY_ROWS if k in sanity]
     out.append(kv_table(rows, "metrics"))
     if t["bundles"]:
-        cols = [c for c in t["bundles"][0] if c != "bundle"]
-        trs = [[esc(r["bundle"])] + [fmt(r[c]) for c in cols] for r in t["bundles"]]
-        attrs = [f' data-bundle="{esc(r["bundle"])}"'
-                 + ("" if str(r.get("found", "true")).lower() == "true" else ' class="notfound"')
-                 for r in t["bundles"]]
-        out.append("<h4>Bundles</h4>" + grid_table(["bundle", *cols], trs, row_attrs=attrs,
-                                                    cls=f"bundles model-{esc(m)}"))
+        out.append("<h4>Bundles</h4>" + _bundles_html(t["bundles"], m))
     for desc_, suffix, what in (("f1", "bundlestats", "Per-bundle F1"),
                                 ("bundles", "bundles", "Valid streamlines by bundle")):
         fig = figure_path(output_dir, series["entities"], desc_, m, suffix)
@@ -355,6 +351,37 @@ def _tracker_html(output_dir, series: dict, t: dict) -> str:
                    + kv_table([(k, fmt(v, 2)) for k, v in timings.items()], "timings"))
     out.append("</section>")
     return "".join(out)
+
+
+def _found(row: dict) -> bool:
+    return str(row.get("found", "true")).lower() == "true"
+
+
+def _bundles_html(rows: list[dict], model: str) -> str:
+    """The per-bundle table; with many bundles, a per-family summary first and the full table
+    sorted by family (left/right pairs together) in a folded section."""
+    cols = [c for c in rows[0] if c != "bundle"]
+    many = len(rows) > MANY_BUNDLES
+    if many:
+        rows = sorted(rows, key=lambda r: sort_key(r["bundle"]))
+    trs = [([esc(bundle_group(r["bundle"]))] if many else []) + [esc(r["bundle"])]
+           + [fmt(r[c]) for c in cols] for r in rows]
+    attrs = [f' data-bundle="{esc(r["bundle"])}"' + ("" if _found(r) else ' class="notfound"')
+             for r in rows]
+    table = grid_table((["family"] if many else []) + ["bundle", *cols], trs, row_attrs=attrs,
+                       cls=f"bundles model-{esc(model)}")
+    if not many:
+        return table
+    by_name = {r["bundle"]: r for r in rows}
+    summary = []
+    for family, names in grouped(by_name):
+        f1 = [float(by_name[n]["f1"]) for n in names if by_name[n].get("f1") not in (None, "")]
+        summary.append([esc(family), f"{sum(_found(by_name[n]) for n in names)} / {len(names)}",
+                        fmt(float(np.mean(f1)) if f1 else None)])
+    missing = [n for n, r in by_name.items() if not _found(r)]
+    return (grid_table(["family", "bundles found", "mean F1"], summary, cls="families")
+            + (f'<p class="note">not found: {esc(", ".join(missing))}</p>' if missing else "")
+            + f"<details><summary>all {len(rows)} bundles, by family</summary>{table}</details>")
 
 
 def _provenance_rows(fod_meta: dict, trackers: list[dict]) -> list:
