@@ -74,13 +74,13 @@ for _p in (HERE.parent, HERE):  # run from a checkout: gentract_bids and benchma
 
 from gentract_bids.model.support import DEFAULT_THRESHOLD as DEFAULT_SUPPORT_THRESHOLD  # noqa: E402
 from phantom.cohorts import (  # noqa: E402, F401
-    CONDITION_ORDER, ISBI_GEOMETRY, CohortSpec, Condition, build_cohort, cohort_specs,
-    make_conditions, subject_files)
+    CONDITION_ORDER, ISBI_GEOMETRY, CohortSpec, Condition, build_cohort, make_conditions,
+    subject_files)
 from phantom.common import (  # noqa: E402, F401
     PAPER_FOD_SIGMA, REPO, TEST_SEED, Settings, _jsonable, _load, _log, _vm_hwm_kb, tree_rss_kb)
 from phantom.inputs import (  # noqa: E402, F401
     SubjectInputs, add_fod_noise, fod_noise_sigmas, median_wm_c00, mrtrix_fod_given_responses,
-    prepare_cohorts, prepare_fods, subject_inputs)
+    prepare_fods, subject_inputs)
 from phantom.runners import (  # noqa: E402, F401
     BASELINES, CONTEXTS, DWI_TRACKERS, GENTRACT_TRACKERS, MEMORY_METHOD, TRACKER_READS, TRACKERS,
     dwi_tracker_status, run_benchmark, run_tracker, score_run, track_dipy_det, track_dipy_kind,
