@@ -17,6 +17,11 @@ Conditions (each a cohort, or a transformation of one):
 ``ood``       out of family: the ISBI 2013 challenge geometry (phantomas JSON) instead of our
               brain-like template, with the ``clean`` degradations (2 mm, SNR 30, no fODF noise).
 
+``--anatomy human`` runs the same trackers and scoring on human-anatomy phantoms
+(``gentract-phantom --anatomy human``: 72 TractSeg bundles, each subject in its own scanner
+space; cohorts ``human-base``, ``human-lr``, ...) under ``clean``, ``fodnoise`` and ``lr_noise`` by
+default (``lowsnr`` on request; ``ood`` does not apply). Use another ``--out`` than the tubes run.
+
 ``tckglobal`` reads the DWI, not an fODF: under a noise condition whose cohort is also run
 without noise (``fodnoise``) its result would repeat that run, so it is reported as "n/a"; where
 the cohort is only run with noise (``lr_noise``) it runs on that cohort's DWI (resolution
@@ -74,7 +79,7 @@ for _p in (HERE.parent, HERE):  # run from a checkout: gentract_bids and benchma
 
 from gentract_bids.model.support import DEFAULT_THRESHOLD as DEFAULT_SUPPORT_THRESHOLD  # noqa: E402
 from phantom.cohorts import (  # noqa: E402, F401
-    CONDITION_ORDER, ISBI_GEOMETRY, CohortSpec, Condition, build_cohort, make_conditions,
+    CONDITION_ORDER, HUMAN_CONDITIONS, ISBI_GEOMETRY, CohortSpec, Condition, build_cohort, make_conditions,
     subject_files)
 from phantom.common import (  # noqa: E402, F401
     PAPER_FOD_SIGMA, REPO, TEST_SEED, Settings, _jsonable, _load, _log, _vm_hwm_kb, tree_rss_kb)
@@ -100,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (cohorts, work files, results.json, tables.md, plot)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 subject at 3 mm, 300 streamlines, clean + fodnoise")
+    p.add_argument("--anatomy", choices=("tubes", "human"), default=d.anatomy,
+                   help="phantom anatomy: tubes (22 procedural bundles, origin-centred) or human "
+                        "(72 TractSeg bundles in scanner space; conditions clean, fodnoise, "
+                        "lr_noise by default)")
     p.add_argument("--n-subjects", type=int, default=d.n_subjects)
     p.add_argument("--seed", type=int, default=d.seed,
                    help="phantom cohort seed (held out from training; default %(default)s)")
@@ -134,13 +143,14 @@ def settings_from_args(args) -> tuple[Settings, list[str]]:
         s = Settings(n_subjects=1, seed=args.seed, n_streamlines=300, sift_factor=2.0,
                      tckglobal_niter=1e6, dipy_seed_factor=args.dipy_seed_factor,
                      nthreads=args.nthreads, clean_voxel_size=3.0, fod_sigma=args.fod_sigma,
-                     low_snr=args.low_snr, n_truth_streamlines=100)
+                     low_snr=args.low_snr, n_truth_streamlines=100, anatomy=args.anatomy)
         return s, args.conditions or ["clean", "fodnoise"]
     s = Settings(n_subjects=args.n_subjects, seed=args.seed, n_streamlines=args.n_streamlines,
                  sift_factor=args.sift_factor, tckglobal_niter=args.tckglobal_niter,
                  dipy_seed_factor=args.dipy_seed_factor, nthreads=args.nthreads,
-                 fod_sigma=args.fod_sigma, low_snr=args.low_snr)
-    return s, args.conditions or list(CONDITION_ORDER)
+                 fod_sigma=args.fod_sigma, low_snr=args.low_snr, anatomy=args.anatomy)
+    default = HUMAN_CONDITIONS if args.anatomy == "human" else CONDITION_ORDER
+    return s, args.conditions or list(default)
 
 
 
@@ -161,6 +171,8 @@ def main(argv=None) -> int:
     if args.n_subjects < 1 or args.n_streamlines < 1 or args.sift_factor < 1:
         parser.error("--n-subjects and --n-streamlines must be positive, --sift-factor >= 1")
     settings, conditions = settings_from_args(args)
+    if "ood" in conditions and args.anatomy == "human":
+        parser.error("the ood condition (ISBI 2013 geometry) has no human-anatomy form")
     if "ood" in conditions and not ISBI_GEOMETRY.exists():
         parser.error(f"the ood condition needs the ISBI 2013 geometry ({ISBI_GEOMETRY})")
     os.environ.setdefault("NIPYPE_NO_ET", "1")

@@ -15,6 +15,7 @@ ISBI_GEOMETRY = Path("/work/shared/data/external/isbi2013-phantom/isbi_challenge
 if not ISBI_GEOMETRY.exists():  # the same folder relative to the repository (README: ../shared)
     ISBI_GEOMETRY = REPO.parent / "shared/data/external/isbi2013-phantom/isbi_challenge_2013.json"
 CONDITION_ORDER = ("clean", "fodnoise", "lowsnr", "lr_noise", "ood")
+HUMAN_CONDITIONS = ("clean", "fodnoise", "lr_noise")  # the default run on the human anatomy
 COHORT_STAMP = "benchmark_cohort.json"  # the parameters a cohort folder was made with
 
 
@@ -26,6 +27,7 @@ class CohortSpec:
     snr: float
     voxel_size: float
     geometry: str | None = None  # phantomas JSON path; None = our brain-like template
+    anatomy: str = "tubes"  # gentract-phantom --anatomy: tubes or human (72 TractSeg bundles)
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,22 @@ def make_conditions(settings: Settings, names=CONDITION_ORDER,
                     ood_geometry: Path | str | None = ISBI_GEOMETRY) -> list[Condition]:
     """The benchmark conditions ``names`` (in :data:`CONDITION_ORDER`)."""
     s = settings
-    base = CohortSpec("base", s.clean_snr, s.clean_voxel_size)
+    human = s.anatomy == "human"
+    if human and "ood" in names:
+        raise ValueError("the ood condition (ISBI 2013 geometry) has no human-anatomy form")
+    pre, kind = ("human-", "human") if human else ("", "tubes")
+    base = CohortSpec(f"{pre}base", s.clean_snr, s.clean_voxel_size, anatomy=kind)
     all_c = {
         "clean": Condition("clean", base, False,
                            f"{s.clean_voxel_size:g} mm, SNR {s.clean_snr:g}"),
         "fodnoise": Condition("fodnoise", base, True,
                               f"clean + Rician noise on the fODF input (paper sigma "
                               f"{s.fod_sigma:g})"),
-        "lowsnr": Condition("lowsnr", CohortSpec("lowsnr", s.low_snr, s.clean_voxel_size), False,
+        "lowsnr": Condition("lowsnr", CohortSpec(f"{pre}lowsnr", s.low_snr, s.clean_voxel_size,
+                                                 anatomy=kind), False,
                             f"{s.clean_voxel_size:g} mm, DWI SNR {s.low_snr:g}"),
-        "lr_noise": Condition("lr_noise", CohortSpec("lr", s.clean_snr, s.lr_voxel_size), True,
+        "lr_noise": Condition("lr_noise", CohortSpec(f"{pre}lr", s.clean_snr, s.lr_voxel_size,
+                                                     anatomy=kind), True,
                               f"{s.lr_voxel_size:g} mm, SNR {s.clean_snr:g} + fODF noise "
                               "(low-field proxy)"),
         "ood": Condition("ood", CohortSpec("ood", s.clean_snr, s.clean_voxel_size,
@@ -100,7 +108,7 @@ def build_cohort(spec: CohortSpec, settings: Settings, root: Path) -> Path:
     t0 = time.perf_counter()
     make_cohort(out, n_subjects=settings.n_subjects, seed=settings.seed, snr=spec.snr,
                 voxel_size=spec.voxel_size, geometry=spec.geometry,
-                n_truth_streamlines=settings.n_truth_streamlines)
+                n_truth_streamlines=settings.n_truth_streamlines, anatomy_kind=spec.anatomy)
     (out / COHORT_STAMP).write_text(json.dumps(params, indent=2) + "\n")
     _log(f"cohort {spec.name}: {settings.n_subjects} subject(s) in "
          f"{time.perf_counter() - t0:.0f} s")

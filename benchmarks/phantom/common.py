@@ -35,6 +35,7 @@ class Settings:
     fod_sigma: float = PAPER_FOD_SIGMA
     n_truth_streamlines: int = 200
     min_streamlines: int = 10  # a bundle counts in VB with at least this many valid streamlines
+    anatomy: str = "tubes"  # tubes (22 procedural bundles) or human (72 TractSeg bundles)
 
     def tracker_options(self, tracker: str) -> dict:
         if tracker.startswith("gentract"):
