@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-SERIES_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
+from ..io.bids import SERIES_ENTITIES, output_prefix
+
 FOD_GLOB = "*_space-dwi_model-csd_param-fod_dwimap.json"
 TRACKER_NAMES = {"gentract": "GenTract", "ifod2": "MRtrix3 iFOD2", "sdstream": "MRtrix3 SD_Stream",
                  "tckglobal": "MRtrix3 tckglobal", "dipydet": "dipy deterministic",
@@ -71,14 +72,14 @@ def filename_entities(name: str) -> dict:
 
 
 def series_entities(name: str) -> dict:
-    """The entities that identify a DWI series (subject, session, acquisition, run)."""
+    """The entities that identify a DWI series (:data:`~gentract_bids.io.bids.SERIES_ENTITIES`:
+    subject, session, acquisition, reconstruction, direction, run, part, chunk)."""
     ents = filename_entities(name)
     return {long: ents[short] for long, short in SERIES_ENTITIES.items() if short in ents}
 
 
 def series_prefix(entities: dict) -> str:
-    return "_".join(f"{SERIES_ENTITIES[k]}-{entities[k]}" for k in SERIES_ENTITIES
-                    if k in entities)
+    return output_prefix(entities)
 
 
 def find_series(output_dir, subject: str) -> list[dict]:
