@@ -84,7 +84,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
 
     staging = str(Path(ex.work_dir) / "staging" / name)
     provenance = config.provenance(device)
-    ds_wf = init_fodf_derivatives_wf(staging_dir=staging, provenance=provenance)
+    ds_wf = init_fodf_derivatives_wf(staging_dir=staging, provenance=provenance,
+                                     with_response=wcfg.csd_method != "msmt")
     ds_wf.inputs.inputnode.source_file = item.dwi
     wf.connect([(fodf_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in FODF_FIELDS])])
 
