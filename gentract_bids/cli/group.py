@@ -14,6 +14,7 @@ def run_group(config: Config) -> int:
     ``group_bundlestats.tsv`` (one row per series x tracker x bundle; when trackers ran) and
     ``group.html``, all from the committed participant-level outputs."""
     from ..reports.group import collect_results, write_group_bundlestats, write_group_report
+    from ..reports.subject import fod_parameters
 
     out = config.execution.output_dir
     sidecars = sorted(out.glob("sub-*/**/*_space-dwi_model-csd_param-fod_dwimap.json"))
@@ -22,7 +23,7 @@ def run_group(config: Config) -> int:
     rows = []
     for path in sidecars:
         meta = json.loads(path.read_text())
-        params = meta.get("Parameters", {})
+        params = fod_parameters(meta)
         shells = params.get("shells_used", params.get("shells", []))
         rows.append({
             "file": str(path.relative_to(out)).removesuffix(".json") + ".nii.gz",

@@ -77,8 +77,10 @@ def preflight(inputs) -> None:
     """Read every selected series completely before anything is written."""
     import nibabel as nb
 
+    from ..io.bids import check_distinct_series
     from ..io.dwi import read_dwi
 
+    check_distinct_series(inputs)
     for item in inputs:
         name = Path(item.dwi).name
         if item.bval is None or item.bvec is None:

@@ -106,8 +106,14 @@ class FitCSD(SimpleInterface):
         seconds = time.perf_counter() - t0
         self._results["out_fod"] = _save(sh, dwi.affine, "fod.nii.gz")
         self._results["metadata"] = {
-            "Model": "Constrained spherical deconvolution (CSD), dipy",
-            "ModelURL": "https://docs.dipy.org/stable/examples_built/reconstruction/reconst_csd.html",
+            "Model": {
+                "Name": "CSD",
+                "Description": "Constrained spherical deconvolution (CSD), dipy",
+                "URL": "https://docs.dipy.org/stable/examples_built/reconstruction/reconst_csd.html",
+                "Parameters": json.loads(json.dumps(info, default=_jsonable)),
+            },
+            # what out_fod holds (the work-directory file): ExportFOD rewrites this for the
+            # derivative, which is in MRtrix3's basis
             "OrientationEncoding": {
                 "Type": "sh",
                 "SphericalHarmonicBasis": SH_BASIS,
@@ -117,7 +123,6 @@ class FitCSD(SimpleInterface):
                 "Reference": "ijk",
             },
             "NonNegativity": "constrained",
-            "Parameters": json.loads(json.dumps(info, default=_jsonable)),
             "Timings": {"CSDSeconds": round(seconds, 3)},
         }
         return runtime
@@ -129,6 +134,67 @@ def _jsonable(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return str(obj)
+
+
+class _ExportInputSpec(BaseInterfaceInputSpec):
+    fod_file = File(exists=True, mandatory=True, desc="FitCSD's out_fod (internal basis, ijk)")
+    metadata = traits.Dict(mandatory=True, desc="FitCSD's metadata")
+
+
+class _ExportOutputSpec(TraitedSpec):
+    out_fod = File(exists=True, desc="the fODF in MRtrix3's basis, world (xyz) frame")
+    out_response = File(desc="MRtrix3 response text file (single-shell CSD only)")
+    metadata = traits.Dict(desc="BEP016 sidecar of out_fod")
+    response_metadata = traits.Dict(desc="sidecar of out_response")
+
+
+class ExportFOD(SimpleInterface):
+    """The fODF derivative: coefficients converted to MRtrix3's SH basis and the scanner (RAS+
+    world) frame, so that MRtrix3/QSIRecon read the written file as it is (``sh2peaks``,
+    ``tckgen``, ``mrview``); the response function is written beside it in MRtrix3's format."""
+
+    input_spec = _ExportInputSpec
+    output_spec = _ExportOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..fodf.basis import MRTRIX3, internal_to_mrtrix3, zonal_response_mrtrix3
+
+        img = nb.load(self.inputs.fod_file)
+        meta = json.loads(json.dumps(self.inputs.metadata))
+        enc = meta["OrientationEncoding"]
+        sh = internal_to_mrtrix3(np.asanyarray(img.dataobj), img.affine)
+        self._results["out_fod"] = _save(sh, img.affine, "fod_mrtrix3.nii.gz")
+        meta["OrientationEncoding"] = {
+            "Type": "sh",
+            "SphericalHarmonicBasis": MRTRIX3,
+            "SphericalHarmonicDegree": int(enc["SphericalHarmonicDegree"]),
+            "EncodingAxis": 3,
+            "Reference": "xyz",
+            "Description": "MRtrix3 SH basis (read as is by MRtrix3 and QSIRecon); directions in "
+                           "the scanner (RAS+ world) frame of the NIfTI affine",
+        }
+        params = meta.get("Model", {}).get("Parameters", {})
+        resp = params.get("response", {})
+        if params.get("method") == "ssst" and "evals" in resp:
+            row = zonal_response_mrtrix3(resp["evals"], resp["S0"], params["shells_used"][0],
+                                         int(enc["SphericalHarmonicDegree"]))
+            path = Path("response_mrtrix3.txt").absolute()
+            path.write_text(" ".join(f"{c:.6g}" for c in row) + "\n")
+            self._results["out_response"] = str(path)
+            meta["ResponseFunction"] = {
+                "Type": "zsh",
+                "Coefficients": [row],
+                "Shells": [float(params["shells_used"][0])],
+                "Description": "single-fibre response, m=0 SH coefficients (l = 0, 2, ...) in "
+                               "MRtrix3's basis, one row per shell: the text file "
+                               "(suffix 'response') that dwi2fod csd reads",
+            }
+            self._results["response_metadata"] = {
+                **meta["ResponseFunction"], "Model": {"Name": "CSD", "Description":
+                "dipy response_from_mask_ssst (tensor fit in high-FA voxels of the brain mask)",
+                "Parameters": resp}}
+        self._results["metadata"] = meta
+        return runtime
 
 
 class _CanonicalInputSpec(BaseInterfaceInputSpec):

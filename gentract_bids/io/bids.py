@@ -12,9 +12,15 @@ from importlib import resources
 from pathlib import Path
 
 from .. import __version__
-from ..errors import BIDSValidationFailed, NoInputError, NothingMatched
+from ..errors import BadDataError, BIDSValidationFailed, NoInputError, NothingMatched
 
 DWI_EXTENSIONS = [".nii", ".nii.gz"]
+# The entities that tell one DWI series from another and that every derivative name carries, in
+# the order of BIDS file names (pybids name -> file-name key). BIDS allows exactly these in a
+# raw ``_dwi`` name; ``data/io_spec.json`` has a slot for each of them in every path pattern.
+SERIES_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq",
+                   "reconstruction": "rec", "direction": "dir", "run": "run", "part": "part",
+                   "chunk": "chunk"}
 
 
 @lru_cache
@@ -92,6 +98,48 @@ class DWIInput:
     mask: str | None
     entities: dict
 
+    @property
+    def series_entities(self) -> dict:
+        """The :data:`SERIES_ENTITIES` of this series (what its derivative names carry)."""
+        return {k: self.entities[k] for k in SERIES_ENTITIES if k in self.entities}
+
+    @property
+    def label(self) -> str:
+        """The series' name: its DWI file name without ``_dwi`` and extension, so every entity
+        written in that name is kept (e.g. ``sub-01_ses-1_dir-AP_run-2``)."""
+        return series_label(self.dwi)
+
+
+def series_label(dwi_path) -> str:
+    """``sub-01_dir-AP`` for ``.../sub-01_dir-AP_dwi.nii.gz`` (every entity of the name)."""
+    stem = Path(dwi_path).name.split(".")[0]
+    return stem[: -len("_dwi")] if stem.endswith("_dwi") else stem
+
+
+def output_prefix(entities: dict) -> str:
+    """``sub-01_dir-AP``: the series part of a derivative name, from :data:`SERIES_ENTITIES`."""
+    return "_".join(f"{key}-{entities[k]}" for k, key in SERIES_ENTITIES.items() if k in entities)
+
+
+def check_distinct_series(inputs) -> None:
+    """Two series whose derivatives would get the same names are refused before anything runs.
+
+    Series differing by any of :data:`SERIES_ENTITIES` (``ses``, ``acq``, ``rec``, ``dir``,
+    ``run``, ``part``, ``chunk``) are fine; entities BIDS does not allow in a raw DWI name
+    (``space``, ``desc``, ...) have no place in the derivative names, so series that differ only
+    by those are refused with their file names (:class:`BadDataError`)."""
+    seen: dict[str, str] = {}
+    for item in inputs:
+        key = output_prefix(item.series_entities)
+        if key in seen:
+            raise BadDataError(
+                f"{Path(seen[key]).name} and {Path(item.dwi).name} would write derivatives of "
+                f"the same name ({key}_...): DWI series must differ by one of the entities "
+                f"{', '.join(f'{v}-' for v in SERIES_ENTITIES.values())} (BIDS allows no other "
+                "in a DWI file name); rename one or select one with --participant-label / "
+                "--session-label")
+        seen[key] = item.dwi
+
 
 def _strip(labels, prefix):
     return [str(lab).removeprefix(prefix) for lab in labels] if labels else None
@@ -157,14 +205,26 @@ def _sidecar(getter, path) -> str | None:
 
 
 def _find_mask(layout, ents) -> str | None:
-    """A brain mask for this series in the dataset's derivatives (space-dwi), if any."""
-    query = {k: ents[k] for k in ("subject", "session", "acquisition", "run") if k in ents}
-    masks = layout.get(
-        scope="derivatives", suffix="mask", desc="brain", datatype="dwi",
-        extension=DWI_EXTENSIONS, return_type="filename", invalid_filters="allow", **query,
+    """A brain mask for this series in the dataset's derivatives (space-dwi), if any.
+
+    A mask applies to a series when each series entity it names (``ses``, ``acq``, ``rec``,
+    ``dir``, ``run``, ...) has the series' value; one that leaves an entity out applies to every
+    value of it (BIDS inheritance). The most specific mask wins (then the first by name), so
+    ``sub-01_dir-PA`` never takes ``sub-01_dir-AP``'s mask."""
+    found = layout.get(
+        scope="derivatives", subject=ents["subject"], suffix="mask", desc="brain",
+        datatype="dwi", extension=DWI_EXTENSIONS, invalid_filters="allow",
     )
-    masks = [m for m in masks if "space-" not in Path(m).name or "space-dwi" in Path(m).name]
-    return sorted(masks)[0] if masks else None
+    scored = []
+    for f in found:
+        name = Path(f.path).name
+        if "space-" in name and "space-dwi" not in name:
+            continue
+        mask_ents = f.get_entities()
+        named = [k for k in SERIES_ENTITIES if k in mask_ents]
+        if all(str(mask_ents[k]) == str(ents.get(k)) for k in named):
+            scored.append((-len(named), f.path))
+    return sorted(scored)[0][1] if scored else None
 
 
 def write_dataset_description(output_dir: Path, *, source: Path | None = None) -> Path:

@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import NoInputError
+from ..io.bids import SERIES_ENTITIES
 from .subject import (
     FOD_GLOB, TRACKER_NAMES, esc, find_models, fmt, grid_table, page, series_entities,
     series_prefix, tracker_files, tracker_summary, tracking_seconds,
 )
 
-ID_COLUMNS = ("subject", "session", "acquisition", "run")
+ID_COLUMNS = tuple(SERIES_ENTITIES)
 NA = "n/a"
 
 
@@ -29,7 +30,8 @@ def find_all_series(output_dir) -> list[dict]:
 
 
 def _id_columns(series_list) -> list[str]:
-    """subject and session always; acquisition and run only when some series has them."""
+    """subject and session always; acquisition, reconstruction, direction, run, ... only when
+    some series has them."""
     return [c for c in ID_COLUMNS
             if c in ("subject", "session") or any(c in s["entities"] for s in series_list)]
 

@@ -1,5 +1,6 @@
 """The participant-level workflow: one sub-workflow per DWI series."""
 
+import re
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -7,23 +8,22 @@ from nipype.pipeline import engine as pe
 
 from ..config import Config
 from ..interfaces.bids import CommitDerivatives
-from ..io.bids import DWIInput
+from ..io.bids import DWIInput, check_distinct_series
 from .evaluation import EVAL_FIELDS, init_evaluation_wf
 from .fodf import init_fodf_wf
 from .outputs import FODF_FIELDS, init_fodf_derivatives_wf, init_tractography_derivatives_wf
 from .tractography import TRACKERS, init_baseline_tracking_wf, init_gentract_tractography_wf
 
-SERIES_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq", "run": "run"}
-
-
 def series_id(item: DWIInput) -> str:
-    """A workflow-safe name for one DWI series, from its BIDS entities."""
-    return "_".join(f"{p}_{item.entities[k]}" for k, p in SERIES_ENTITIES.items()
-                    if k in item.entities)
+    """A workflow-safe name for one DWI series: every entity of its file name
+    (``sub-01_ses-1_dir-AP_run-2_dwi.nii.gz`` -> ``sub_01_ses_1_dir_AP_run_2``), so series that
+    differ by any entity (``dir-`` AP/PA included) get distinct workflows and work folders."""
+    return re.sub(r"[^A-Za-z0-9]", "_", item.label)
 
 
 def init_gentract_wf(config: Config, inputs: list[DWIInput], device: str):
     """Top-level workflow of a participant-level run (one ``init_single_series_wf`` per series)."""
+    check_distinct_series(inputs)
     wf = pe.Workflow(name="gentract_wf", base_dir=str(config.execution.work_dir))
     for item in inputs:
         wf.add_nodes([init_single_series_wf(config, item, device)])
@@ -84,7 +84,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
 
     staging = str(Path(ex.work_dir) / "staging" / name)
     provenance = config.provenance(device)
-    ds_wf = init_fodf_derivatives_wf(staging_dir=staging, provenance=provenance)
+    ds_wf = init_fodf_derivatives_wf(staging_dir=staging, provenance=provenance,
+                                     with_response=wcfg.csd_method != "msmt")
     ds_wf.inputs.inputnode.source_file = item.dwi
     wf.connect([(fodf_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in FODF_FIELDS])])
 
@@ -102,7 +103,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     mode = evaluation_mode(config, item.subject)
     tdir = truth_dir(config)
     tissue = _tissue_maps(tdir, item.subject)
-    base_entities = {k: item.entities[k] for k in SERIES_ENTITIES if k in item.entities}
+    base_entities = item.series_entities
     for k, tracker in enumerate(trackers, start=2):
         model = TRACKERS[tracker][0]
         track_wf = _tracking_wf(config, tracker, device, use_tissue_maps=tissue is not None)
@@ -113,7 +114,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
             mode=mode, subject=item.subject, truth_dir=str(tdir),
             waypoint_atlas=_str(ev.waypoint_atlas), recobundles_models=_str(ev.recobundles_models),
             bundleseg_atlas=_str(ev.bundleseg_atlas), min_streamlines=ev.min_bundle_streamlines,
-            seed=config.seeds.numpy % (2**31), title=f"sub-{item.subject} {tracker}",
+            seed=config.seeds.numpy % (2**31), title=f"{item.label} {tracker}",
             name=f"eval_{model}_wf",
         )
         out_wf = init_tractography_derivatives_wf(

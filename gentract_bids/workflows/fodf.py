@@ -3,7 +3,7 @@
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..interfaces.fodf import BrainMask, CanonicalFOD, FitCSD
+from ..interfaces.fodf import BrainMask, CanonicalFOD, ExportFOD, FitCSD
 
 
 def init_fodf_wf(
@@ -24,7 +24,10 @@ def init_fodf_wf(
     when ``use_given_mask``).
 
     Outputs (``outputnode``): ``mask_file``/``mask_metadata`` (native brain mask),
-    ``fod_file``/``fod_metadata`` (native SH coefficients, BEP016 fields),
+    ``fod_file`` (native SH coefficients in the internal basis: dipy's non-legacy descoteaux07,
+    voxel frame, what the trackers read), ``fod_derivative``/``fod_metadata`` (the same fODF in
+    MRtrix3's basis, world frame, with its BEP016 sidecar: what is written as the derivative),
+    ``fod_response``/``response_metadata`` (the MRtrix3 response file; single-shell CSD only),
     ``canonical_fod``/``canonical_mask``/``canonical_metadata`` (z-scored coefficients on the
     canonical ``grid_spacing`` grid; z-scored with ``stats_file`` when given, else the subject's own
     statistics).
@@ -36,7 +39,8 @@ def init_fodf_wf(
     )
     outputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["mask_file", "mask_metadata", "fod_file", "fod_metadata",
+            fields=["mask_file", "mask_metadata", "fod_file", "fod_derivative", "fod_metadata",
+                    "fod_response", "response_metadata",
                     "canonical_fod", "canonical_mask", "canonical_metadata"]
         ),
         name="outputnode",
@@ -47,6 +51,7 @@ def init_fodf_wf(
         name="csd",
         n_procs=omp_nthreads,  # MultiProc accounts for the threads CSD's linear algebra uses
     )
+    export = pe.Node(ExportFOD(), name="export_fod")
     canonical = pe.Node(
         CanonicalFOD(spacing=grid_spacing, shape=tuple(grid_shape)), name="canonical"
     )
@@ -62,7 +67,11 @@ def init_fodf_wf(
         (csd, canonical, [("out_fod", "fod_file")]),
         (mask, canonical, [("out_mask", "mask_file")]),
         (mask, outputnode, [("out_mask", "mask_file"), ("metadata", "mask_metadata")]),
-        (csd, outputnode, [("out_fod", "fod_file"), ("metadata", "fod_metadata")]),
+        (csd, export, [("out_fod", "fod_file"), ("metadata", "metadata")]),
+        (csd, outputnode, [("out_fod", "fod_file")]),
+        (export, outputnode, [("out_fod", "fod_derivative"), ("metadata", "fod_metadata"),
+                              ("out_response", "fod_response"),
+                              ("response_metadata", "response_metadata")]),
         (canonical, outputnode, [("out_fod", "canonical_fod"), ("out_mask", "canonical_mask"),
                                  ("metadata", "canonical_metadata")]),
     ])  # fmt: skip

@@ -6,10 +6,13 @@ from nipype.pipeline import engine as pe
 from ..interfaces.bids import DerivativesDataSink, StageTractography
 
 # What the fODF stage writes: outputnode field -> (metadata field, entities). Naming as data.
+# The fODF derivative is in MRtrix3's basis (fodf/basis.py); the z-scored canonical fODF, GenTract's
+# input, stays in the internal basis.
 FODF_OUTPUTS = {
     "mask_file": ("mask_metadata", {"space": "dwi", "desc": "brain", "suffix": "mask"}),
-    "fod_file": ("fod_metadata",
-                 {"space": "dwi", "model": "csd", "param": "fod", "suffix": "dwimap"}),
+    "fod_derivative": ("fod_metadata",
+                       {"space": "dwi", "model": "csd", "param": "fod", "suffix": "dwimap"}),
+    "fod_response": ("response_metadata", {"desc": "wm", "model": "csd", "suffix": "response"}),
     "canonical_fod": ("canonical_metadata", {"space": "gentract", "desc": "zscored",
                                              "model": "csd", "param": "fod", "suffix": "dwimap"}),
     "canonical_mask": ("canonical_metadata",
@@ -19,25 +22,29 @@ FODF_OUTPUTS = {
 FODF_FIELDS = (*FODF_OUTPUTS, *sorted({meta for meta, _ in FODF_OUTPUTS.values()}))
 
 
-def init_fodf_derivatives_wf(*, staging_dir: str, provenance: dict,
+def init_fodf_derivatives_wf(*, staging_dir: str, provenance: dict, with_response: bool = True,
                              name: str = "fodf_derivatives_wf"):
     """Write the fODF stage's derivatives into ``staging_dir`` (committed later, all at once).
 
     Inputs (``inputnode``): ``source_file`` (the raw DWI) and every field of ``FODF_OUTPUTS`` with
     its metadata field. Outputs (``outputnode``): ``out_files`` (staged images and sidecars).
 
-    Each sink adds ``provenance`` to its JSON sidecar.
+    Each sink adds ``provenance`` to its JSON sidecar. ``with_response=False`` (multi-shell CSD,
+    whose responses are not written) leaves the response file out.
     """
+    outputs = {k: v for k, v in FODF_OUTPUTS.items() if with_response or k != "fod_response"}
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["source_file", *FODF_FIELDS]),
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
-    gather = pe.Node(niu.Merge(2 * len(FODF_OUTPUTS)), name="gather")
-    for i, (field, (meta, entities)) in enumerate(FODF_OUTPUTS.items()):
+    gather = pe.Node(niu.Merge(2 * len(outputs)), name="gather")
+    for i, (field, (meta, entities)) in enumerate(outputs.items()):
+        compress = entities["suffix"] != "response"  # a text file
         sink = pe.Node(
-            DerivativesDataSink(base_directory=staging_dir, compress=True, **entities, **provenance),
+            DerivativesDataSink(base_directory=staging_dir, compress=compress, **entities,
+                                **provenance),
             name=f"ds_{field}",
             run_without_submitting=True,
         )
