@@ -80,6 +80,20 @@ def test_conditions_and_tckglobal_rule(pb):
         pb.make_conditions(s, ["clean", "noisy"])
 
 
+def test_human_anatomy_conditions(pb, tmp_path):
+    """--anatomy human: the same conditions on human-anatomy cohorts of their own names."""
+    s = pb.Settings(anatomy="human")
+    conds = pb.make_conditions(s, pb.HUMAN_CONDITIONS)
+    assert [c.name for c in conds] == ["clean", "fodnoise", "lr_noise"]
+    assert {c.cohort.anatomy for c in conds} == {"human"}
+    assert [c.cohort.name for c in conds] == ["human-base", "human-base", "human-lr"]
+    with pytest.raises(ValueError, match="ood"):
+        pb.make_conditions(s, ["clean", "ood"])
+    with pytest.raises(SystemExit):
+        pb.main(["--anatomy", "human", "--conditions", "ood", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
 def test_gentract_tracker_refuses_a_missing_checkpoint(pb, tmp_path):
     """``--trackers gentract`` with a checkpoint that does not exist stops before any work."""
     from gentract_bids.errors import CheckpointError
