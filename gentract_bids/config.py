@@ -146,13 +146,13 @@ class Config:
 
 
 def container() -> str | None:
-    """The container the run is in, when known (Docker, Singularity/Apptainer)."""
+    """The gentract container the run is in: ``GENTRACT_CONTAINER`` (set by our image), or
+    Singularity/Apptainer's own variables. ``/.dockerenv`` is not evidence: it exists in any
+    Docker-made sandbox, including machines that run the package from a plain install."""
     if os.environ.get("GENTRACT_CONTAINER"):
         return os.environ["GENTRACT_CONTAINER"]
     if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
         return "singularity"
-    if Path("/.dockerenv").exists():
-        return "docker"
     return None
 
 

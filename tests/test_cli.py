@@ -236,3 +236,17 @@ def test_session_label_selects_one_session(fibercup_bids, tmp_path, capsys):
     written = sorted(p.name for p in out.rglob("*.nii.gz"))
     assert written and all(n.startswith("sub-01_ses-B_") for n in written), written
     assert (out / "sub-01" / "ses-B" / "dwi").is_dir() and not (out / "sub-01" / "ses-A").exists()
+
+
+def test_container_field_needs_our_image(monkeypatch):
+    """The sidecars' Container field comes from our image's GENTRACT_CONTAINER (or Apptainer's
+    variables), not from /.dockerenv, which this very sandbox has without any gentract image."""
+    from gentract_bids.config import container
+
+    for var in ("GENTRACT_CONTAINER", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        monkeypatch.delenv(var, raising=False)
+    assert container() is None
+    monkeypatch.setenv("APPTAINER_CONTAINER", "/images/gentract.sif")
+    assert container() == "singularity"
+    monkeypatch.setenv("GENTRACT_CONTAINER", "docker")
+    assert container() == "docker"
