@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,35 +22,7 @@ from gentract_bids.errors import (
     EX_UNKNOWN_LEVEL,
     EX_USAGE,
 )
-
-
-def tree_digest(root: Path) -> str:
-    """Hash of every path and file content under ``root`` (to prove the input is untouched)."""
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def run_cli(bids, out, tmp_path, *extra, skip=True):
-    args = [str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--nprocs", "1"]
-    if skip:
-        args.append("--skip-bids-validation")
-    if "--tracker" not in extra:  # these tests are about the fODF stage and the CLI's checks
-        args += ["--tracker", "none"]
-    return main([*args, *extra])
-
-
-def assert_clean_failure(capsys, code, expected, out, words):
-    err = capsys.readouterr().err
-    assert code == expected, err
-    assert not out.exists() or not any(out.iterdir()), "output written despite the error"
-    lines = [line for line in err.splitlines() if line.startswith("gentract: error:")]
-    assert len(lines) == 1, err
-    for word in words:
-        assert word in lines[0], lines[0]
+from helpers import assert_clean_failure, run_cli, tree_digest
 
 
 def test_version(capsys):

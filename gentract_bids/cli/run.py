@@ -75,10 +75,8 @@ def check_paths(config: Config) -> None:
 
 def preflight(inputs) -> None:
     """Read every selected series completely before anything is written."""
-    import nibabel as nb
-
     from ..io.bids import check_distinct_series
-    from ..io.dwi import read_dwi
+    from ..io.dwi import read_dwi, read_mask
 
     check_distinct_series(inputs)
     for item in inputs:
@@ -88,15 +86,10 @@ def preflight(inputs) -> None:
             raise BadDataError(f"{name}: no .{missing} file found for this DWI series")
         try:
             dwi = read_dwi(item.dwi, item.bval, item.bvec)
+            if item.mask is not None:
+                read_mask(item.mask, dwi.affine, dwi.data.shape, name)
         except BadDataError as err:
             raise BadDataError(f"sub-{item.subject}: {err}") from None
-        if item.mask is not None:
-            mask = nb.load(item.mask)
-            if mask.shape[:3] != dwi.data.shape[:3]:
-                raise BadDataError(
-                    f"{Path(item.mask).name} has shape {mask.shape[:3]} but {name} has "
-                    f"{dwi.data.shape[:3]}"
-                )
 
 
 def run(config: Config, command: str | None = None) -> int:
