@@ -9,7 +9,8 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from gentract_bids.errors import EX_DATAERR
+from gentract_bids.errors import EX_DATAERR, EX_USAGE
+from gentract_bids.fodf import csd
 from gentract_bids.phantom.cohort import make_cohort
 from helpers import assert_clean_failure, run_cli, tree_digest
 
@@ -49,6 +50,17 @@ def _break(bids, breakage):
         bad = affine.copy()
         bad[:3, :3] *= 12.5
         _rewrite(dwi, affine=bad)
+    elif breakage in ("two_volumes", "twelve_directions", "zero_signal"):
+        img, bvals, bvecs = nb.load(dwi), np.loadtxt(f"{bids / DWI}.bval"), \
+            np.loadtxt(f"{bids / DWI}.bvec")
+        data = np.asanyarray(img.dataobj)
+        keep = {"two_volumes": [0, int(np.argmax(bvals > 0))],  # one b=0, one direction
+                "twelve_directions": np.r_[0, np.flatnonzero(bvals == 3000)[:12]],
+                "zero_signal": slice(None)}[breakage]
+        data = np.zeros_like(data) if breakage == "zero_signal" else data[..., keep]
+        _rewrite(dwi, data=data)
+        np.savetxt(f"{bids / DWI}.bval", bvals[keep][None], fmt="%d")
+        np.savetxt(f"{bids / DWI}.bvec", bvecs[:, keep], fmt="%.6f")
     elif breakage == "mask_affine":
         bad = affine.copy()
         bad[:3, 3] += 8.0  # same shape, shifted by two voxels
@@ -59,6 +71,11 @@ def _break(bids, breakage):
     ("affine_zero", ["sub-01_dwi.nii.gz", "affine", "singular"]),
     ("affine_singular", ["sub-01_dwi.nii.gz", "affine", "singular"]),
     ("voxel_50mm", ["sub-01_dwi.nii.gz", "voxel size 50 x 50 x 50 mm", "0.1-20 mm"]),
+    ("two_volumes", ["sub-01_dwi.bval", "b=1000 shell has 1 independent",
+                     "SH order 6 needs at least 15"]),
+    ("twelve_directions", ["b=3000 shell has 12 independent", "needs at least 15"]),
+    ("zero_signal", ["sub-01_dwi.nii.gz", "b=0 signal is zero everywhere",
+                     "inside sub-01_space-dwi_desc-brain_mask.nii.gz"]),
     ("mask_affine", ["sub-01_space-dwi_desc-brain_mask.nii.gz", "another affine", "DWI grid"]),
 ])
 def test_bad_input_refused(cohort, tmp_path, capsys, breakage, words):
@@ -70,3 +87,32 @@ def test_bad_input_refused(cohort, tmp_path, capsys, breakage, words):
     assert_clean_failure(capsys, code, EX_DATAERR, out, ["sub-01:", *words])
     assert not out.exists()
     assert tree_digest(bids) == before
+
+
+def test_csd_direction_rule():
+    """15 independent directions from order 4 on (6 at order 2); repeats and antipodes count once;
+    32 directions at order 8 (super-resolved CSD) pass."""
+    rng = np.random.default_rng(0)
+    dirs = rng.normal(size=(32, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    assert [csd.csd_min_directions(o) for o in (2, 4, 6, 8)] == [6, 15, 15, 15]
+    assert csd.independent_directions(dirs, 8) == 15
+    assert csd.independent_directions(np.r_[dirs[:6], -dirs[:6], dirs[:6]], 6) == 6
+    assert csd.independent_directions(dirs[:0], 6) == 0
+
+
+def test_few_directions_pass_at_low_order(cohort, tmp_path):
+    """Twelve directions are refused at order 6 but enough for order 2 (checked alone)."""
+    from gentract_bids.io.dwi import check_csd_input, read_dwi
+
+    bids = shutil.copytree(cohort, tmp_path / "bids")
+    _break(bids, "twelve_directions")
+    dwi = read_dwi(f"{bids / DWI}.nii.gz", f"{bids / DWI}.bval", f"{bids / DWI}.bvec")
+    check_csd_input(dwi, None, sh_order=2, method="auto", shell=None, names=("d", "b", None))
+
+
+def test_csd_shell_not_in_data(cohort, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_cli(cohort, out, tmp_path, "--csd-shell", "12345")
+    assert_clean_failure(capsys, code, EX_USAGE, out,
+                         ["--csd-shell 12345", "sub-01_dwi.bval", "1000, 2000, 3000"])

@@ -73,10 +73,11 @@ def check_paths(config: Config) -> None:
             raise CannotCreateOutput(f"the {what} directory {path} exists and is not a directory")
 
 
-def preflight(inputs) -> None:
-    """Read every selected series completely before anything is written."""
+def preflight(inputs, workflow) -> None:
+    """Read every selected series completely and check that CSD (``workflow``'s settings) can
+    fit it, before anything is written."""
     from ..io.bids import check_distinct_series
-    from ..io.dwi import read_dwi, read_mask
+    from ..io.dwi import check_csd_input, read_dwi, read_mask
 
     check_distinct_series(inputs)
     for item in inputs:
@@ -86,8 +87,12 @@ def preflight(inputs) -> None:
             raise BadDataError(f"{name}: no .{missing} file found for this DWI series")
         try:
             dwi = read_dwi(item.dwi, item.bval, item.bvec)
-            if item.mask is not None:
-                read_mask(item.mask, dwi.affine, dwi.data.shape, name)
+            mask = (None if item.mask is None
+                    else read_mask(item.mask, dwi.affine, dwi.data.shape, name))
+            check_csd_input(dwi, mask, sh_order=workflow.sh_order, method=workflow.csd_method,
+                            shell=workflow.csd_shell,
+                            names=(name, Path(item.bval).name,
+                                   item.mask and Path(item.mask).name))
         except BadDataError as err:
             raise BadDataError(f"sub-{item.subject}: {err}") from None
 
@@ -108,7 +113,7 @@ def run(config: Config, command: str | None = None) -> int:
         validate_bids(ex.bids_dir)
     layout = load_layout(ex.bids_dir)
     inputs = collect_dwi(layout, ex.participant_label, ex.session_label)
-    preflight(inputs)
+    preflight(inputs, config.workflow)
     device = resolve_device(ex.device)
 
     created_output = not ex.output_dir.exists()

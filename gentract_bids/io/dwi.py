@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from ..errors import BadDataError, NoInputError
+from ..errors import BadDataError, NoInputError, UsageError
 
 B0_THRESHOLD = 50.0
 # plausible voxel edge lengths (mm): ex-vivo microscopy (0.1) to very thick clinical slices (20)
@@ -147,3 +147,38 @@ def read_dwi(dwi_file, bval_file, bvec_file) -> DWI:
         bvals=bvals,
         bvecs=fsl_to_voxel_bvecs(bvecs, img.affine),
     )
+
+
+def check_csd_input(dwi: DWI, mask, *, sh_order: int, method: str, shell, names) -> None:
+    """Refuse a series CSD cannot fit: a b=0 signal that is zero everywhere (in ``mask`` when
+    given), or a shell CSD uses with fewer independent directions than
+    :func:`~gentract_bids.fodf.csd.csd_min_directions` asks for (every shell for msmt).
+    ``names``: (DWI name, bval name, mask name or None) for the messages."""
+    from ..fodf import csd
+
+    dwi_name, bval_name, mask_name = names
+    b0 = dwi.data[..., dwi.bvals <= B0_THRESHOLD].mean(-1)
+    if not np.any(b0[mask] > 0 if mask is not None else b0 > 0):
+        where = f" inside {mask_name}" if mask_name else ""
+        raise BadDataError(f"{dwi_name}: the b=0 signal is zero everywhere{where}; "
+                           "there is nothing to fit")
+    all_shells = csd.shells(dwi.bvals)
+    if method == "msmt":
+        used = all_shells
+    elif shell is None:
+        used = [csd.choose_shell(dwi.bvals)]
+    elif any(np.isclose(shell, s) for s in all_shells):
+        used = [float(shell)]
+    else:
+        raise UsageError(f"--csd-shell {shell:g}: {bval_name} has no such shell (shells: "
+                         f"{', '.join(f'{s:g}' for s in all_shells)})")
+    need = csd.csd_min_directions(sh_order)
+    for b in used:
+        vecs = dwi.bvecs[csd.on_shell(dwi.bvals, b)]
+        found = csd.independent_directions(vecs, sh_order)
+        if found < need:
+            raise BadDataError(
+                f"{bval_name}: the b={b:g} shell has {found} independent diffusion-weighted "
+                f"direction{'s' * (found != 1)} ({len(vecs)} volume{'s' * (len(vecs) != 1)}); CSD at SH order "
+                f"{sh_order} needs at least {need}"
+            )
