@@ -75,6 +75,10 @@ def test_unknown_participant(fibercup_bids, tmp_path, capsys):
     out = tmp_path / "out"
     code = run_cli(fibercup_bids, out, tmp_path, "--participant-label", "sub-07")
     assert_clean_failure(capsys, code, EX_NOTHING_MATCHED, out, ["07", "not found"])
+    # one "sub-" prefix is stripped, not two: sub-sub-01 is the unknown label "sub-01"
+    code = run_cli(fibercup_bids, out, tmp_path, "--participant-label", "sub-sub-01")
+    assert_clean_failure(capsys, code, EX_NOTHING_MATCHED, out,
+                         ["participant label(s) sub-01 not found", "it has: 01, 02"])
 
 
 def _dwi(bids, sub="01"):

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
+from ..io.bids import bare_labels
 from ..model.support import DEFAULT_THRESHOLD
 
 ANALYSIS_LEVELS = ("participant", "group")
@@ -153,8 +154,8 @@ def parse_args(argv=None) -> Config:
             output_dir=output_dir,
             work_dir=work_dir,
             analysis_level=opts.analysis_level,
-            participant_label=[s.removeprefix("sub-") for s in opts.participant_label],
-            session_label=[s.removeprefix("ses-") for s in opts.session_label],
+            participant_label=bare_labels(opts.participant_label, "sub-"),
+            session_label=bare_labels(opts.session_label, "ses-"),
             skip_bids_validation=opts.skip_bids_validation,
             nprocs=opts.nprocs,
             omp_nthreads=opts.omp_nthreads,
