@@ -211,3 +211,43 @@ def test_session_label_selects_one_session(fibercup_bids, tmp_path, capsys):
     written = sorted(p.name for p in out.rglob("*.nii.gz"))
     assert written and all(n.startswith("sub-01_ses-B_") for n in written), written
     assert (out / "sub-01" / "ses-B" / "dwi").is_dir() and not (out / "sub-01" / "ses-A").exists()
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--random-seed", "-1", ["--random-seed must lie in 0..4294967295, got -1"]),
+    ("--sh-order", "20", ["--sh-order must be an even number from 2 to 12, got 20"]),
+    ("--sh-order", "7", ["--sh-order", "got 7"]),
+    ("--sh-order", "0", ["--sh-order", "got 0"]),
+])
+def test_bad_option_values(fibercup_bids, tmp_path, capsys, option, value, words):
+    out = tmp_path / "out"
+    code = run_cli(fibercup_bids, out, tmp_path, option, value)
+    assert_clean_failure(capsys, code, EX_USAGE, out, words)
+
+
+def test_unwritable_output_refused_up_front(fibercup_bids, tmp_path, capsys, monkeypatch):
+    """Exit 73 before any work: an existing output directory without write permission (as root,
+    which ignores permissions, the permission check is simulated), or one under a file."""
+    import os
+
+    from gentract_bids.cli import run as run_mod
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(run_mod.os, "access",
+                            lambda p, mode, **kw: Path(p) != out and real(p, mode, **kw))
+    else:
+        out.chmod(0o555)
+    monkeypatch.setattr(run_mod, "preflight", lambda *a: pytest.fail("checked too late"))
+    code = run_cli(fibercup_bids, out, tmp_path)
+    assert_clean_failure(capsys, code, EX_CANTCREAT, out, [f"the output directory {out} is "
+                                                           "not writable"])
+    monkeypatch.undo()
+    out.chmod(0o755)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main([str(fibercup_bids), str(blocker / "out"), "participant", "-w",
+                 str(tmp_path / "work")])
+    assert_clean_failure(capsys, code, EX_CANTCREAT, blocker / "out", [f"{blocker} is a file"])

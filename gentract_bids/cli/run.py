@@ -69,8 +69,21 @@ def check_paths(config: Config) -> None:
                 f"the {what} directory {path} is inside the input dataset {ex.bids_dir}; "
                 "choose a location outside it (the input is never modified)"
             )
-        if path.exists() and not path.is_dir():
-            raise CannotCreateOutput(f"the {what} directory {path} exists and is not a directory")
+        check_writable(path, what)
+
+
+def check_writable(path: Path, what: str) -> None:
+    """:class:`CannotCreateOutput` unless ``path`` is a writable directory or can be created:
+    its nearest existing ancestor must be a writable directory."""
+    if path.exists() and not path.is_dir():
+        raise CannotCreateOutput(f"the {what} directory {path} exists and is not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise CannotCreateOutput(f"cannot create the {what} directory {path}: {existing} is a "
+                                 "file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({existing} is not writable)"
+        raise CannotCreateOutput(f"the {what} directory {path} is not writable{where}")
 
 
 def preflight(inputs, workflow) -> None:
