@@ -16,6 +16,7 @@ from helpers import assert_clean_failure, run_cli, tree_digest
 
 DWI = "sub-01/dwi/sub-01_dwi"
 MASK = "derivatives/phantom-truth/sub-01/dwi/sub-01_space-dwi_desc-brain_mask.nii.gz"
+TRUTH = "derivatives/phantom-truth/sub-01/dwi/sub-01_space-dwi_model-truth_streamlines.trx"
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,26 @@ def test_csd_shell_not_in_data(cohort, tmp_path, capsys):
     code = run_cli(cohort, out, tmp_path, "--csd-shell", "12345")
     assert_clean_failure(capsys, code, EX_USAGE, out,
                          ["--csd-shell 12345", "sub-01_dwi.bval", "1000, 2000, 3000"])
+
+
+def test_input_tractogram_opened_read_only(cohort, tmp_path, monkeypatch):
+    """A read-only input TRX (a :ro mount, DataLad) is read: it is never opened for writing
+    (observed through ``open``, as root ignores file modes) and a mode 0444 file loads."""
+    import builtins
+    from pathlib import Path
+
+    from gentract_bids.io.tractogram import load_tractogram
+
+    truth = shutil.copytree(cohort, tmp_path / "bids") / TRUTH
+    truth.chmod(0o444)
+    modes, real_open = [], builtins.open
+
+    def spy(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, Path)) and Path(file) == truth:
+            modes.append(mode)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    streamlines, groups = load_tractogram(truth)
+    assert streamlines and groups
+    assert modes and all(set(m) <= set("rb") for m in modes), modes
