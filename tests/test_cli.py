@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,35 +22,7 @@ from gentract_bids.errors import (
     EX_UNKNOWN_LEVEL,
     EX_USAGE,
 )
-
-
-def tree_digest(root: Path) -> str:
-    """Hash of every path and file content under ``root`` (to prove the input is untouched)."""
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def run_cli(bids, out, tmp_path, *extra, skip=True):
-    args = [str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--nprocs", "1"]
-    if skip:
-        args.append("--skip-bids-validation")
-    if "--tracker" not in extra:  # these tests are about the fODF stage and the CLI's checks
-        args += ["--tracker", "none"]
-    return main([*args, *extra])
-
-
-def assert_clean_failure(capsys, code, expected, out, words):
-    err = capsys.readouterr().err
-    assert code == expected, err
-    assert not out.exists() or not any(out.iterdir()), "output written despite the error"
-    lines = [line for line in err.splitlines() if line.startswith("gentract: error:")]
-    assert len(lines) == 1, err
-    for word in words:
-        assert word in lines[0], lines[0]
+from helpers import assert_clean_failure, run_cli, tree_digest
 
 
 def test_version(capsys):
@@ -104,6 +75,10 @@ def test_unknown_participant(fibercup_bids, tmp_path, capsys):
     out = tmp_path / "out"
     code = run_cli(fibercup_bids, out, tmp_path, "--participant-label", "sub-07")
     assert_clean_failure(capsys, code, EX_NOTHING_MATCHED, out, ["07", "not found"])
+    # one "sub-" prefix is stripped, not two: sub-sub-01 is the unknown label "sub-01"
+    code = run_cli(fibercup_bids, out, tmp_path, "--participant-label", "sub-sub-01")
+    assert_clean_failure(capsys, code, EX_NOTHING_MATCHED, out,
+                         ["participant label(s) sub-01 not found", "it has: 01, 02"])
 
 
 def _dwi(bids, sub="01"):
@@ -250,3 +225,43 @@ def test_container_field_needs_our_image(monkeypatch):
     assert container() == "singularity"
     monkeypatch.setenv("GENTRACT_CONTAINER", "docker")
     assert container() == "docker"
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--random-seed", "-1", ["--random-seed must lie in 0..4294967295, got -1"]),
+    ("--sh-order", "20", ["--sh-order must be an even number from 2 to 12, got 20"]),
+    ("--sh-order", "7", ["--sh-order", "got 7"]),
+    ("--sh-order", "0", ["--sh-order", "got 0"]),
+])
+def test_bad_option_values(fibercup_bids, tmp_path, capsys, option, value, words):
+    out = tmp_path / "out"
+    code = run_cli(fibercup_bids, out, tmp_path, option, value)
+    assert_clean_failure(capsys, code, EX_USAGE, out, words)
+
+
+def test_unwritable_output_refused_up_front(fibercup_bids, tmp_path, capsys, monkeypatch):
+    """Exit 73 before any work: an existing output directory without write permission (as root,
+    which ignores permissions, the permission check is simulated), or one under a file."""
+    import os
+
+    from gentract_bids.cli import run as run_mod
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(run_mod.os, "access",
+                            lambda p, mode, **kw: Path(p) != out and real(p, mode, **kw))
+    else:
+        out.chmod(0o555)
+    monkeypatch.setattr(run_mod, "preflight", lambda *a: pytest.fail("checked too late"))
+    code = run_cli(fibercup_bids, out, tmp_path)
+    assert_clean_failure(capsys, code, EX_CANTCREAT, out, [f"the output directory {out} is "
+                                                           "not writable"])
+    monkeypatch.undo()
+    out.chmod(0o755)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main([str(fibercup_bids), str(blocker / "out"), "participant", "-w",
+                 str(tmp_path / "work")])
+    assert_clean_failure(capsys, code, EX_CANTCREAT, blocker / "out", [f"{blocker} is a file"])

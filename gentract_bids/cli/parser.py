@@ -10,12 +10,15 @@ from pathlib import Path
 from .. import __version__
 from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
+from ..io.bids import bare_labels
 from ..model.support import DEFAULT_THRESHOLD
 
 ANALYSIS_LEVELS = ("participant", "group")
 # the trackers a run can use: GenTract (the default) and the baselines; "none": fODF stage only
 TRACKERS = ("gentract", "ifod2", "sdstream", "tckglobal", "dipy-det", "dipy-prob")
 EVAL_MODES = ("auto", "sanity", "groundtruth", "atlas", "none")
+MIN_SH_ORDER, MAX_SH_ORDER = 2, 12  # 91 coefficients at 12; beyond, CSD runs for hours
+MAX_SEED = 2**32 - 1  # numpy, torch and MRtrix3 all take it
 
 
 class ExitCodeParser(argparse.ArgumentParser):
@@ -54,13 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1,
                    help="maximum number of processes nipype runs at once (MultiProc)")
     g.add_argument("--omp-nthreads", type=int, default=1, help="threads per process")
-    g.add_argument("--random-seed", type=int, default=0, help="the one seed of the whole run")
+    g.add_argument("--random-seed", type=int, default=0,
+                   help="the one seed of the whole run (0 to 2**32 - 1)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the model runs: auto uses CUDA when available")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("--version", action="version", version=f"gentract {__version__}")
     g = p.add_argument_group("fODF stage")
-    g.add_argument("--sh-order", type=int, default=6, help="maximal SH order of the CSD fODF")
+    g.add_argument("--sh-order", type=int, default=6,
+                   help="maximal SH order of the CSD fODF (even, 2 to 12)")
     g.add_argument("--csd-method", choices=("auto", "ssst", "msmt"), default="auto",
                    help="CSD flavour; auto: single-shell CSD on one shell (see --csd-shell)")
     g.add_argument("--csd-shell", type=float, default=None,
@@ -120,8 +125,11 @@ def parse_args(argv=None) -> Config:
         raise UnknownAnalysisLevel(
             f"unknown analysis level '{opts.analysis_level}': use one of {', '.join(ANALYSIS_LEVELS)}"
         )
-    if opts.sh_order < 2 or opts.sh_order % 2:
-        raise UsageError(f"--sh-order must be a positive even number, got {opts.sh_order}")
+    if not MIN_SH_ORDER <= opts.sh_order <= MAX_SH_ORDER or opts.sh_order % 2:
+        raise UsageError(f"--sh-order must be an even number from {MIN_SH_ORDER} to "
+                         f"{MAX_SH_ORDER}, got {opts.sh_order}")
+    if not 0 <= opts.random_seed <= MAX_SEED:
+        raise UsageError(f"--random-seed must lie in 0..{MAX_SEED}, got {opts.random_seed}")
     if opts.nprocs < 1 or opts.omp_nthreads < 1:
         raise UsageError("--nprocs and --omp-nthreads must be at least 1")
     if opts.n_streamlines < 1 or opts.sift_factor < 1:
@@ -153,8 +161,8 @@ def parse_args(argv=None) -> Config:
             output_dir=output_dir,
             work_dir=work_dir,
             analysis_level=opts.analysis_level,
-            participant_label=[s.removeprefix("sub-") for s in opts.participant_label],
-            session_label=[s.removeprefix("ses-") for s in opts.session_label],
+            participant_label=bare_labels(opts.participant_label, "sub-"),
+            session_label=bare_labels(opts.session_label, "ses-"),
             skip_bids_validation=opts.skip_bids_validation,
             nprocs=opts.nprocs,
             omp_nthreads=opts.omp_nthreads,

@@ -69,16 +69,28 @@ def check_paths(config: Config) -> None:
                 f"the {what} directory {path} is inside the input dataset {ex.bids_dir}; "
                 "choose a location outside it (the input is never modified)"
             )
-        if path.exists() and not path.is_dir():
-            raise CannotCreateOutput(f"the {what} directory {path} exists and is not a directory")
+        check_writable(path, what)
 
 
-def preflight(inputs) -> None:
-    """Read every selected series completely before anything is written."""
-    import nibabel as nb
+def check_writable(path: Path, what: str) -> None:
+    """:class:`CannotCreateOutput` unless ``path`` is a writable directory or can be created:
+    its nearest existing ancestor must be a writable directory."""
+    if path.exists() and not path.is_dir():
+        raise CannotCreateOutput(f"the {what} directory {path} exists and is not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise CannotCreateOutput(f"cannot create the {what} directory {path}: {existing} is a "
+                                 "file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({existing} is not writable)"
+        raise CannotCreateOutput(f"the {what} directory {path} is not writable{where}")
 
+
+def preflight(inputs, workflow) -> None:
+    """Read every selected series completely and check that CSD (``workflow``'s settings) can
+    fit it, before anything is written."""
     from ..io.bids import check_distinct_series
-    from ..io.dwi import read_dwi
+    from ..io.dwi import check_csd_input, read_dwi, read_mask
 
     check_distinct_series(inputs)
     for item in inputs:
@@ -88,15 +100,14 @@ def preflight(inputs) -> None:
             raise BadDataError(f"{name}: no .{missing} file found for this DWI series")
         try:
             dwi = read_dwi(item.dwi, item.bval, item.bvec)
+            mask = (None if item.mask is None
+                    else read_mask(item.mask, dwi.affine, dwi.data.shape, name))
+            check_csd_input(dwi, mask, sh_order=workflow.sh_order, method=workflow.csd_method,
+                            shell=workflow.csd_shell,
+                            names=(name, Path(item.bval).name,
+                                   item.mask and Path(item.mask).name))
         except BadDataError as err:
             raise BadDataError(f"sub-{item.subject}: {err}") from None
-        if item.mask is not None:
-            mask = nb.load(item.mask)
-            if mask.shape[:3] != dwi.data.shape[:3]:
-                raise BadDataError(
-                    f"{Path(item.mask).name} has shape {mask.shape[:3]} but {name} has "
-                    f"{dwi.data.shape[:3]}"
-                )
 
 
 def run(config: Config, command: str | None = None) -> int:
@@ -115,7 +126,7 @@ def run(config: Config, command: str | None = None) -> int:
         validate_bids(ex.bids_dir)
     layout = load_layout(ex.bids_dir)
     inputs = collect_dwi(layout, ex.participant_label, ex.session_label)
-    preflight(inputs)
+    preflight(inputs, config.workflow)
     device = resolve_device(ex.device)
 
     created_output = not ex.output_dir.exists()

@@ -22,6 +22,7 @@ import yaml
 
 from .. import __version__
 from ..errors import EX_FAILURE, EX_OK, GenTractError, NoInputError, UsageError
+from ..io.bids import bare_labels
 from .parser import ExitCodeParser
 
 LOG = logging.getLogger("gentract.train")
@@ -160,7 +161,8 @@ def train(opts) -> dict:
     n_points = cfg.transformer.n_points
 
     # data: subjects, split, fODFs on the canonical grid, streamlines, statistics
-    sources = ds.discover_subjects(bids_dir, reference, participant_label=opts.participant_label)
+    sources = ds.discover_subjects(bids_dir, reference,
+                                   participant_label=bare_labels(opts.participant_label, "sub-"))
     labels = [s.label for s in sources]
     split_file = run_dir / "split.json"
     if split_file.exists():

@@ -124,6 +124,33 @@ def choose_shell(bvals) -> float:
     return float(min(sh, key=lambda b: (abs(b - PREFERRED_SHELL), -b)))
 
 
+def on_shell(bvals, shell) -> np.ndarray:
+    """Boolean (N,): the volumes of ``shell`` (b-values rounded as in :func:`shells`)."""
+    return np.isclose(_round_bvals(bvals), shell)
+
+
+def csd_min_directions(sh_order: int) -> int:
+    """Independent diffusion-weighted directions one shell needs for CSD at ``sh_order``: the
+    number of SH coefficients up to order ``min(sh_order, 4)`` (15 from order 4 on, 6 at order 2).
+
+    CSD starts from an unconstrained fit truncated at order 4 (Tournier 2007; dipy's ``csdeconv``
+    uses its first 15 coefficients), which the data must determine; the higher orders come from
+    the non-negativity constraint (super-resolution), so 32 directions at order 8 (45
+    coefficients) remain allowed."""
+    return n_coeffs(min(sh_order, 4))
+
+
+def independent_directions(bvecs, sh_order: int) -> int:
+    """How many SH coefficients up to ``min(sh_order, 4)`` the unit ``bvecs`` (N, 3) determine:
+    the rank of the SH basis sampled there (repeated and antipodal directions count once)."""
+    from .basis import INTERNAL, _basis
+
+    bvecs = np.asarray(bvecs, float).reshape(-1, 3)
+    if not len(bvecs):
+        return 0
+    return int(np.linalg.matrix_rank(_basis(INTERNAL, min(sh_order, 4), bvecs)))
+
+
 def _select_shell(data, gtab, shell):
     from dipy.core.gradients import gradient_table
 

@@ -48,17 +48,14 @@ class BrainMask(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..fodf.csd import compute_brain_mask, make_gtab
-        from ..io.dwi import read_dwi
+        from ..io.dwi import read_dwi, read_mask
 
         t0 = time.perf_counter()
         if self.inputs.in_mask:  # only the DWI's grid is needed: read its header, not its data
-            ref, given = nb.load(self.inputs.dwi_file), nb.load(self.inputs.in_mask)
+            ref = nb.load(self.inputs.dwi_file)
             affine = ref.affine
-            if given.shape[:3] != ref.shape[:3] or not np.allclose(given.affine, affine, atol=1e-3):
-                raise ValueError(
-                    f"brain mask {self.inputs.in_mask} does not lie on the DWI grid"
-                )
-            mask = np.asanyarray(given.dataobj) > 0
+            mask = read_mask(self.inputs.in_mask, affine, ref.shape,
+                             Path(self.inputs.dwi_file).name)
             source = f"given: {Path(self.inputs.in_mask).name}"
         else:
             dwi = read_dwi(self.inputs.dwi_file, self.inputs.bval_file, self.inputs.bvec_file)

@@ -141,18 +141,20 @@ def check_distinct_series(inputs) -> None:
         seen[key] = item.dwi
 
 
-def _strip(labels, prefix):
-    return [str(lab).removeprefix(prefix) for lab in labels] if labels else None
+def bare_labels(labels, prefix: str) -> list[str]:
+    """Command-line labels without their entity prefix: ``sub-01`` -> ``01``. One prefix only,
+    so ``sub-sub-01`` stays ``sub-01`` (and is then an unknown label)."""
+    return [str(lab).removeprefix(prefix) for lab in labels or []]
 
 
 def collect_dwi(layout, participant_label=None, session_label=None) -> list[DWIInput]:
     """Every DWI series of the selected participants and sessions.
 
-    Raises :class:`NothingMatched` for labels not in the dataset and :class:`NoInputError` when the
-    selection holds no DWI.
+    Labels are bare (see :func:`bare_labels`). Raises :class:`NothingMatched` for labels not in
+    the dataset and :class:`NoInputError` when the selection holds no DWI.
     """
-    subjects = _strip(participant_label, "sub-")
-    sessions = _strip(session_label, "ses-")
+    subjects = list(participant_label or [])
+    sessions = list(session_label or [])
     all_subjects = layout.get_subjects()
     if subjects:
         unknown = sorted(set(subjects) - set(all_subjects))

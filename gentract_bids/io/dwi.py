@@ -14,9 +14,11 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from ..errors import BadDataError, NoInputError
+from ..errors import BadDataError, NoInputError, UsageError
 
 B0_THRESHOLD = 50.0
+# plausible voxel edge lengths (mm): ex-vivo microscopy (0.1) to very thick clinical slices (20)
+VOXEL_SIZE_RANGE = (0.1, 20.0)
 
 
 @dataclass
@@ -70,7 +72,40 @@ def load_dwi_image(dwi_file) -> nb.Nifti1Image:
         )
     if not np.all(np.isfinite(data)):
         raise BadDataError(f"{path.name} contains NaN or infinite values")
+    check_affine(img.affine, path.name)
     return nb.Nifti1Image(data, img.affine, img.header)
+
+
+def check_affine(affine, name: str) -> None:
+    """Refuse a voxel-to-world affine that is not finite, singular (e.g. all zeros) or whose voxel
+    sizes lie outside :data:`VOXEL_SIZE_RANGE`."""
+    m = np.asarray(affine, float)[:3, :3]
+    if not np.all(np.isfinite(m)) or np.linalg.matrix_rank(m) < 3:
+        raise BadDataError(f"{name}: the voxel-to-world affine (sform/qform) is singular or "
+                           "not finite; the image has no usable geometry")
+    zooms = np.sqrt((m ** 2).sum(0))
+    lo, hi = VOXEL_SIZE_RANGE
+    if np.any(zooms < lo) or np.any(zooms > hi):
+        raise BadDataError(f"{name}: voxel size {' x '.join(f'{z:g}' for z in zooms)} mm lies "
+                           f"outside the plausible range {lo:g}-{hi:g} mm (check the header)")
+
+
+def read_mask(mask_file, affine, shape, ref_name: str) -> np.ndarray:
+    """A brain mask (3-D, or 4-D using its first volume) as booleans; it must lie on the grid
+    (``shape``, ``affine``) of the DWI ``ref_name``, else :class:`BadDataError`."""
+    path = Path(mask_file)
+    try:
+        img = nb.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise BadDataError(f"cannot read {path.name}: {type(err).__name__}: {err}") from None
+    if img.shape[:3] != tuple(shape[:3]):
+        raise BadDataError(f"{path.name} has shape {img.shape[:3]} but {ref_name} has "
+                           f"{tuple(shape[:3])}")
+    if not np.allclose(img.affine, affine, atol=1e-3):
+        raise BadDataError(f"{path.name} has the shape of {ref_name} but another affine "
+                           "(voxel-to-world mapping): it does not lie on the DWI grid")
+    return (data[..., 0] if data.ndim == 4 else data) > 0
 
 
 def fsl_to_voxel_bvecs(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -112,3 +147,38 @@ def read_dwi(dwi_file, bval_file, bvec_file) -> DWI:
         bvals=bvals,
         bvecs=fsl_to_voxel_bvecs(bvecs, img.affine),
     )
+
+
+def check_csd_input(dwi: DWI, mask, *, sh_order: int, method: str, shell, names) -> None:
+    """Refuse a series CSD cannot fit: a b=0 signal that is zero everywhere (in ``mask`` when
+    given), or a shell CSD uses with fewer independent directions than
+    :func:`~gentract_bids.fodf.csd.csd_min_directions` asks for (every shell for msmt).
+    ``names``: (DWI name, bval name, mask name or None) for the messages."""
+    from ..fodf import csd
+
+    dwi_name, bval_name, mask_name = names
+    b0 = dwi.data[..., dwi.bvals <= B0_THRESHOLD].mean(-1)
+    if not np.any(b0[mask] > 0 if mask is not None else b0 > 0):
+        where = f" inside {mask_name}" if mask_name else ""
+        raise BadDataError(f"{dwi_name}: the b=0 signal is zero everywhere{where}; "
+                           "there is nothing to fit")
+    all_shells = csd.shells(dwi.bvals)
+    if method == "msmt":
+        used = all_shells
+    elif shell is None:
+        used = [csd.choose_shell(dwi.bvals)]
+    elif any(np.isclose(shell, s) for s in all_shells):
+        used = [float(shell)]
+    else:
+        raise UsageError(f"--csd-shell {shell:g}: {bval_name} has no such shell (shells: "
+                         f"{', '.join(f'{s:g}' for s in all_shells)})")
+    need = csd.csd_min_directions(sh_order)
+    for b in used:
+        vecs = dwi.bvecs[csd.on_shell(dwi.bvals, b)]
+        found = csd.independent_directions(vecs, sh_order)
+        if found < need:
+            raise BadDataError(
+                f"{bval_name}: the b={b:g} shell has {found} independent diffusion-weighted "
+                f"direction{'s' * (found != 1)} ({len(vecs)} volume{'s' * (len(vecs) != 1)}); CSD at SH order "
+                f"{sh_order} needs at least {need}"
+            )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -67,14 +69,23 @@ def load_tractogram(path):
     if ext == ".trx":
         from trx import trx_file_memmap as tmm
 
-        trx = tmm.load(str(path))
-        try:
-            streamlines = [np.array(s, dtype=np.float32) for s in trx.streamlines]
-            groups = {k: np.array(v, dtype=np.int64) for k, v in trx.groups.items()}
-            # file order of groups is arbitrary: order them by their first streamline
-            groups = dict(sorted(groups.items(), key=lambda kv: (kv[1].min(initial=2**62), kv[0])))
-        finally:
-            trx.close()
+        # trx-python (0.6) memory-maps a loaded file read-write ("r+"), which fails on a
+        # read-only dataset (a :ro bind mount, DataLad); it has no read-only mode, so it maps a
+        # private copy and the input is only ever opened for reading
+        with tempfile.TemporaryDirectory(prefix="gentract-trx-") as tmp:
+            copy = Path(tmp) / path.name
+            if path.is_dir():  # copies of the files only, not their (read-only) modes
+                shutil.copytree(path, copy, copy_function=shutil.copyfile)
+            else:
+                shutil.copyfile(path, copy)
+            trx = tmm.load(str(copy))
+            try:
+                streamlines = [np.array(s, dtype=np.float32) for s in trx.streamlines]
+                groups = {k: np.array(v, dtype=np.int64) for k, v in trx.groups.items()}
+            finally:
+                trx.close()
+        # file order of groups is arbitrary: order them by their first streamline
+        groups = dict(sorted(groups.items(), key=lambda kv: (kv[1].min(initial=2**62), kv[0])))
         return streamlines, groups
     if ext in (".tck", ".trk"):
         tfile = nib.streamlines.load(str(path))

@@ -206,14 +206,6 @@ def fod_cache_key(source: SubjectSource, cfg) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _read_mask(path, affine, shape) -> np.ndarray:
-    import nibabel as nb
-
-    img = nb.load(path)
-    if img.shape[:3] != tuple(shape) or not np.allclose(img.affine, affine, atol=1e-3):
-        raise BadDataError(f"brain mask {path} does not lie on the DWI grid")
-    return np.asanyarray(img.dataobj)[..., 0] > 0 if img.ndim == 4 else \
-        np.asanyarray(img.dataobj) > 0
 
 
 def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None):
@@ -229,7 +221,7 @@ def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None):
     Returns ``(sh float32 (X, Y, Z, m), mask bool (X, Y, Z), affine (4, 4))``."""
     from ..fodf.csd import compute_brain_mask, fit_csd, make_gtab
     from ..fodf.grid import to_canonical
-    from ..io.dwi import read_dwi
+    from ..io.dwi import read_dwi, read_mask
 
     st = _fod_settings(cfg)
     cache = None
@@ -249,7 +241,7 @@ def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None):
     dwi = read_dwi(source.dwi, source.bval, source.bvec)
     gtab = make_gtab(dwi.bvals, dwi.bvecs)
     if source.mask:
-        mask = _read_mask(source.mask, dwi.affine, dwi.data.shape[:3])
+        mask = read_mask(source.mask, dwi.affine, dwi.data.shape, Path(source.dwi).name)
     else:
         mask = compute_brain_mask(dwi.data, gtab)
     sh, _ = fit_csd(dwi.data, gtab, mask, sh_order=st["sh_order"], method=st["csd_method"])
