@@ -173,3 +173,32 @@ def test_gentract_workflow_writes_named_scored_tractograms(phantom, tiny_ckpt, t
     assert main(args2) == 0
     again, _ = load_tractogram(out2 / trx.relative_to(out))
     np.testing.assert_array_equal(np.stack(again), np.stack(streamlines))
+
+
+def test_auto_batch_size_never_exceeds_the_request(monkeypatch):
+    """Issue 18.6: 500 requested streamlines gave batches of 8192 (4x slower, 2x the memory)."""
+    from gentract_bids.model import inference
+
+    model = tiny_model()
+    monkeypatch.setattr(inference, "_available_bytes", lambda device: 64 << 30)
+    assert inference.auto_batch_size(model) == 8192  # memory alone: the CPU cap
+    assert inference.auto_batch_size(model, n_streamlines=500) == 512
+    assert inference.auto_batch_size(model, n_streamlines=500, oversampling=4.0) == 2048
+    assert inference.auto_batch_size(model, n_streamlines=10) == 64  # the floor
+    assert inference.auto_batch_size(model, n_streamlines=10**6, oversampling=4.0) == 8192
+    monkeypatch.setattr(inference, "_available_bytes", lambda device: 1 << 20)
+    assert inference.auto_batch_size(model, n_streamlines=10**6) == 64  # memory still bounds it
+
+
+def test_batch_size_does_not_change_the_streamlines(tiny_ckpt, zscored_sh, tmp_path):
+    model, meta = load_model(tiny_ckpt)
+    runs = []
+    for b in (None, 64, 256):
+        info = sample_tractogram(model, meta, zscored_sh, tmp_path / f"{b}.trx", n_streamlines=300,
+                                 ref_affine=AFFINE, ref_shape=(60, 70, 50), seed=5, batch_size=b,
+                                 steps=3)
+        runs.append(np.stack(load_tractogram(tmp_path / f"{b}.trx")[0]))
+        if b is None:
+            assert info["BatchSize"] == 512  # the request, rounded up, not free memory
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])

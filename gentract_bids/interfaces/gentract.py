@@ -31,7 +31,7 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                             desc="default: the model's own")
     steps = traits.Either(None, traits.Int, default=None, usedefault=True)
     batch_size = traits.Either(None, traits.Int, default=None, usedefault=True,
-                               desc="default: from free memory")
+                               desc="default: from the request and free memory")
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     out_format = traits.Enum("trx", "tck", "trk", usedefault=True)
