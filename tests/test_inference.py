@@ -202,3 +202,39 @@ def test_batch_size_does_not_change_the_streamlines(tiny_ckpt, zscored_sh, tmp_p
             assert info["BatchSize"] == 512  # the request, rounded up, not free memory
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[0], runs[2])
+
+
+@pytest.mark.slow
+def test_participant_run_prints_stages_and_sampling_progress_once(phantom, tiny_ckpt, tmp_path):
+    """Issue 18.2: a run says what it is doing (stages with timings, sampling progress from the
+    MultiProc worker) and -vv prints every line once. A fresh process, as a user runs it (pytest's
+    own root handlers would hide a duplicating ``logging.basicConfig``)."""
+    import collections
+    import os
+    import re
+    import subprocess
+    import sys
+
+    args = [str(phantom), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+            "--skip-bids-validation", "--model", str(tiny_ckpt), "--n-streamlines", "200",
+            "--steps", "2", "--min-bundle-streamlines", "2", "--support-threshold", "0",
+            "--nprocs", "2", "-vv"]
+    proc = subprocess.run([sys.executable, "-m", "gentract_bids.cli.run", *args],
+                          capture_output=True, text=True, env={**os.environ, "NIPYPE_NO_ET": "1"},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    text = "\n".join(lines)
+    for stage in ("fODF", "tracking (gentract)", "evaluation (gentract)", "outputs"):
+        assert f"gentract INFO: sub-01: {stage} started" in text, stage
+        assert re.search(rf"sub-01: {re.escape(stage)} done in \d+\.\d s", text), stage
+    # live progress from the sampling node, which ran in a worker process, and its summary
+    assert "gentract.inference INFO: sampling: 200/200 streamlines kept (100 %)" in text
+    assert "GenTract kept 200 of 200 streamlines drawn" in text
+    assert "node gentract_wf.sub_01_wf.fodf_wf.csd finished" in text  # -v: debug lines
+    assert "nipype.workflow INFO" in text  # -vv: nipype's own lines
+    # each record printed by one handler: nipype's never in the app's format, nothing twice
+    assert not re.search(r"nipype\.\w+ \w+: \S", text)
+    ours = [ln for ln in lines if re.match(r"\d\d:\d\d:\d\d gentract", ln)]
+    twice = [ln for ln, k in collections.Counter(ours).items() if k > 1]
+    assert not twice, twice

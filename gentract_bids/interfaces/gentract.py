@@ -52,8 +52,10 @@ class GenTractSample(SimpleInterface):
     output_spec = _GenTractSampleOutputSpec
 
     def _run_interface(self, runtime):
+        from ..logs import worker_logging
         from ..model.inference import fod_support, load_model, sample_tractogram
 
+        worker_logging()  # progress lines reach the console from a MultiProc worker too
         i = self.inputs
         model, meta = load_model(i.model_path, device=i.device,
                                  expected_sha256=optional(i.model_sha256))

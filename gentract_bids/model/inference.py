@@ -34,7 +34,8 @@ from .gentract import SAMPLERS, CoordinateScaler
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "data" / "models" / "gentract_phantom"
 OUTPUT_FORMATS = ("trx", "tck", "trk")
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("gentract.inference")
+PROGRESS_SECONDS = 30.0  # a progress line at least this often, and every 10 % kept
 
 
 class ModelMismatchError(UsageError):
@@ -209,6 +210,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         done = drawn = accepted = 0
         t_support = 0.0
         max_drawn = None if support is None else support.settings.max_oversampling * n_streamlines
+        LOG.info("sampling %d streamlines on %s in batches of %d (%s, %d steps%s)", n_streamlines,
+                 device, batch_size, sampler, steps, ", support filter" if support else "")
+        reported, t_report = 0, t1
         with autocast:
             for batch in model.sample_batches(context, None if support else n_streamlines,
                                               steps=steps, batch_size=batch_size,
@@ -223,6 +227,12 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                     t_support += time.perf_counter() - ts
                 positions[done * p:(done + len(mm)) * p] = mm.reshape(-1, 3)
                 done += len(mm)
+                now = time.perf_counter()
+                if 10 * done // n_streamlines > reported or now - t_report >= PROGRESS_SECONDS:
+                    reported, t_report = 10 * done // n_streamlines, now
+                    LOG.info("sampling: %d/%d streamlines kept (%d %%), %d drawn, %.0f kept/s",
+                             done, n_streamlines, 100 * done // n_streamlines, drawn,
+                             done / max(now - t1, 1e-9))
                 if done >= n_streamlines or (max_drawn is not None and drawn >= max_drawn):
                     break
         positions.flush()
