@@ -63,7 +63,7 @@ class Model:
     sha256: str | None = None  # of the weights, filled in when the checkpoint is checked
     sampler: str | None = None  # ddim | flow; None: the one that fits the model's objective
     steps: int | None = None  # None: the model's default (10)
-    batch_size: int | None = None  # None: chosen from free memory
+    batch_size: int | None = None  # None: from the request and free memory
     support_threshold: float | None = None  # fODF support filter (model/support.py); None: off
 
 

@@ -17,10 +17,14 @@ from gentract_bids.phantom.cohort import make_cohort
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def gt(tmp_path_factory) -> GroundTruth:
-    root = make_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=1, voxel_size=3.0,
+def cohort(tmp_path_factory):
+    return make_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=1, voxel_size=3.0,
                        n_truth_streamlines=100)
-    return load_groundtruth(root, "01")
+
+
+@pytest.fixture(scope="module")
+def gt(cohort) -> GroundTruth:
+    return load_groundtruth(cohort, "01")
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +274,26 @@ def test_figures(gt, truth_scored, tmp_path):
     img = imread(str(paths[1]))[..., :3]
     saturated = (img.max(-1) - img.min(-1)) > 0.5  # direction colours are drawn
     assert saturated.mean() > 0.005
+
+
+# ----------------------------------------------------------------------------- interface
+@pytest.mark.parametrize("fmt", ["tck", "trk"])
+def test_bundle_files_follow_the_output_format(cohort, gt, tmp_path, fmt):
+    """``--output-format tck|trk`` applies to the per-bundle tractograms too (issue 18.4)."""
+    import nibabel as nb
+
+    from gentract_bids.interfaces.evaluation import EvaluateTractogram
+    from gentract_bids.io.tractogram import load_tractogram, save_tractogram
+
+    ref = tmp_path / "ref.nii.gz"
+    nb.save(nb.Nifti1Image(gt.brain_mask.astype(np.uint8), gt.affine), ref)
+    trx = save_tractogram(tmp_path / "truth.trx", gt.streamlines, gt.affine, gt.shape)
+    node = EvaluateTractogram(tractogram=str(trx), reference=str(ref), mode="groundtruth",
+                              subject="01", truth_dir=str(cohort), min_streamlines=2,
+                              out_format=fmt)
+    node.inputs.mask_file = str(ref)
+    res = node.run(cwd=str(tmp_path))
+    files = res.outputs.bundle_files
+    assert len(files) > 10
+    assert {f.rsplit(".", 1)[1] for f in files} == {fmt}
+    assert sum(len(load_tractogram(f)[0]) for f in files) > 0

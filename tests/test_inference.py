@@ -173,3 +173,68 @@ def test_gentract_workflow_writes_named_scored_tractograms(phantom, tiny_ckpt, t
     assert main(args2) == 0
     again, _ = load_tractogram(out2 / trx.relative_to(out))
     np.testing.assert_array_equal(np.stack(again), np.stack(streamlines))
+
+
+def test_auto_batch_size_never_exceeds_the_request(monkeypatch):
+    """Issue 18.6: 500 requested streamlines gave batches of 8192 (4x slower, 2x the memory)."""
+    from gentract_bids.model import inference
+
+    model = tiny_model()
+    monkeypatch.setattr(inference, "_available_bytes", lambda device: 64 << 30)
+    assert inference.auto_batch_size(model) == 8192  # memory alone: the CPU cap
+    assert inference.auto_batch_size(model, n_streamlines=500) == 512
+    assert inference.auto_batch_size(model, n_streamlines=500, oversampling=4.0) == 2048
+    assert inference.auto_batch_size(model, n_streamlines=10) == 64  # the floor
+    assert inference.auto_batch_size(model, n_streamlines=10**6, oversampling=4.0) == 8192
+    monkeypatch.setattr(inference, "_available_bytes", lambda device: 1 << 20)
+    assert inference.auto_batch_size(model, n_streamlines=10**6) == 64  # memory still bounds it
+
+
+def test_batch_size_does_not_change_the_streamlines(tiny_ckpt, zscored_sh, tmp_path):
+    model, meta = load_model(tiny_ckpt)
+    runs = []
+    for b in (None, 64, 256):
+        info = sample_tractogram(model, meta, zscored_sh, tmp_path / f"{b}.trx", n_streamlines=300,
+                                 ref_affine=AFFINE, ref_shape=(60, 70, 50), seed=5, batch_size=b,
+                                 steps=3)
+        runs.append(np.stack(load_tractogram(tmp_path / f"{b}.trx")[0]))
+        if b is None:
+            assert info["BatchSize"] == 512  # the request, rounded up, not free memory
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+
+
+@pytest.mark.slow
+def test_participant_run_prints_stages_and_sampling_progress_once(phantom, tiny_ckpt, tmp_path):
+    """Issue 18.2: a run says what it is doing (stages with timings, sampling progress from the
+    MultiProc worker) and -vv prints every line once. A fresh process, as a user runs it (pytest's
+    own root handlers would hide a duplicating ``logging.basicConfig``)."""
+    import collections
+    import os
+    import re
+    import subprocess
+    import sys
+
+    args = [str(phantom), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+            "--skip-bids-validation", "--model", str(tiny_ckpt), "--n-streamlines", "200",
+            "--steps", "2", "--min-bundle-streamlines", "2", "--support-threshold", "0",
+            "--nprocs", "2", "-vv"]
+    proc = subprocess.run([sys.executable, "-m", "gentract_bids.cli.run", *args],
+                          capture_output=True, text=True, env={**os.environ, "NIPYPE_NO_ET": "1"},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    text = "\n".join(lines)
+    for stage in ("fODF", "tracking (gentract)", "evaluation (gentract)", "outputs"):
+        assert f"gentract INFO: sub-01: {stage} started" in text, stage
+        assert re.search(rf"sub-01: {re.escape(stage)} done in \d+\.\d s", text), stage
+    # live progress from the sampling node, which ran in a worker process, and its summary
+    assert "gentract.inference INFO: sampling: 200/200 streamlines kept (100 %)" in text
+    assert "GenTract kept 200 of 200 streamlines drawn" in text
+    assert "node gentract_wf.sub_01_wf.fodf_wf.csd finished" in text  # -v: debug lines
+    assert "nipype.workflow INFO" in text  # -vv: nipype's own lines
+    # each record printed by one handler: nipype's never in the app's format, nothing twice
+    assert not re.search(r"nipype\.\w+ \w+: \S", text)
+    ours = [ln for ln in lines if re.match(r"\d\d:\d\d:\d\d gentract", ln)]
+    twice = [ln for ln, k in collections.Counter(ours).items() if k > 1]
+    assert not twice, twice

@@ -16,6 +16,7 @@ from ..errors import (
     GenTractError,
     NoInputError,
 )
+from ..logs import StageProgress, setup_logging
 from .parser import parse_args
 
 LOG = logging.getLogger("gentract")
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
     try:
         config = parse_args(argv)
-        _setup_logging(config.execution.verbosity)
+        setup_logging(config.execution.verbosity)
         args = sys.argv[1:] if argv is None else list(argv)
         code = run(config, command=" ".join(["gentract", *map(str, args)]))
     except GenTractError as err:
@@ -38,20 +39,6 @@ def main(argv=None) -> int:
         print(f"gentract: error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
         code = EX_FAILURE
     return code
-
-
-def _setup_logging(verbosity: int) -> None:
-    """gentract logs at WARNING (INFO with -v, DEBUG with -vv); nipype one step quieter."""
-    from nipype import config as ncfg
-    from nipype import logging as nlogging
-
-    level = ("WARNING", "INFO", "DEBUG")[min(verbosity, 2)]
-    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    LOG.setLevel(level)
-    ncfg.set("logging", "workflow_level", ("WARNING", "WARNING", "INFO")[min(verbosity, 2)])
-    ncfg.set("logging", "interface_level", "WARNING")
-    ncfg.set("logging", "utils_level", "WARNING")
-    nlogging.update_logging(ncfg)
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -179,7 +166,7 @@ def write_reports(config: Config, subjects, command: str | None = None) -> bool:
 def _run_workflow(config: Config, inputs, device: str) -> bool:
     from nipype import config as ncfg
 
-    from ..workflows.base import init_gentract_wf
+    from ..workflows.base import init_gentract_wf, series_id
 
     ex = config.execution
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -196,10 +183,14 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
         ncfg._config.write(fh)
     os.environ["NIPYPE_CONFIG_DIR"] = str(cfg_dir)
     wf = init_gentract_wf(config, inputs, device)
+    progress = StageProgress(wf, {f"{series_id(item)}_wf": item.label for item in inputs})
     # forkserver, not fork: a worker forked from a process whose OpenMP pool has started (torch
     # loaded the model to check it) can deadlock in its first parallel op
     plugin = (("MultiProc", {"n_procs": ex.nprocs, "mp_context": "forkserver"})
               if ex.nprocs > 1 else ("Linear", {}))
+    plugin[1]["status_callback"] = progress
+    LOG.info("processing %d DWI series with %s", len(inputs),
+             f"{ex.nprocs} processes" if ex.nprocs > 1 else "one process")
     try:
         wf.run(plugin=plugin[0], plugin_args=plugin[1])
     except RuntimeError as err:

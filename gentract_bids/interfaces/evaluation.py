@@ -20,7 +20,6 @@ from nipype.interfaces.base import (
 from . import optional
 
 
-
 class _EvaluateInputSpec(BaseInterfaceInputSpec):
     tractogram = File(exists=True, mandatory=True, desc="whole-brain tractogram (RAS+ mm)")
     reference = File(exists=True, mandatory=True, desc="image on the subject's DWI grid")
@@ -35,12 +34,14 @@ class _EvaluateInputSpec(BaseInterfaceInputSpec):
     min_streamlines = traits.Int(10, usedefault=True)
     seed = traits.Int(0, usedefault=True)
     title = traits.Str("", usedefault=True, desc="figure titles (e.g. the tracker)")
+    out_format = traits.Enum("trx", "tck", "trk", usedefault=True,
+                             desc="format of the per-bundle tractograms")
 
 
 class _EvaluateOutputSpec(TraitedSpec):
     metrics_file = File(exists=True, desc="the shared metrics (JSON)")
     bundlestats_file = File(exists=True, desc="one row per bundle (TSV)")
-    bundle_files = OutputMultiObject(File(exists=True), desc="per-bundle tractograms (.trx)")
+    bundle_files = OutputMultiObject(File(exists=True), desc="per-bundle tractograms (out_format)")
     bundle_labels = traits.List(traits.Str, desc="BIDS bundle entity of each bundle file")
     bundle_names = traits.List(traits.Str, desc="bundle name of each bundle file")
     figures = OutputMultiObject(File(exists=True), desc="PNG figures")
@@ -87,7 +88,7 @@ class EvaluateTractogram(SimpleInterface):
         for name, sl in ev.bundles.items():
             if not len(sl):
                 continue
-            path = bundle_dir / f"{bundle_label(name)}.trx"
+            path = bundle_dir / f"{bundle_label(name)}.{i.out_format}"
             save_tractogram(path, sl, affine, shape)
             files.append(str(path))
             labels.append(bundle_label(name))

@@ -31,7 +31,7 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                             desc="default: the model's own")
     steps = traits.Either(None, traits.Int, default=None, usedefault=True)
     batch_size = traits.Either(None, traits.Int, default=None, usedefault=True,
-                               desc="default: from free memory")
+                               desc="default: from the request and free memory")
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     out_format = traits.Enum("trx", "tck", "trk", usedefault=True)
@@ -52,8 +52,10 @@ class GenTractSample(SimpleInterface):
     output_spec = _GenTractSampleOutputSpec
 
     def _run_interface(self, runtime):
+        from ..logs import worker_logging
         from ..model.inference import fod_support, load_model, sample_tractogram
 
+        worker_logging()  # progress lines reach the console from a MultiProc worker too
         i = self.inputs
         model, meta = load_model(i.model_path, device=i.device,
                                  expected_sha256=optional(i.model_sha256))

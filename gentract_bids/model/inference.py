@@ -34,7 +34,8 @@ from .gentract import SAMPLERS, CoordinateScaler
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "data" / "models" / "gentract_phantom"
 OUTPUT_FORMATS = ("trx", "tck", "trk")
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("gentract.inference")
+PROGRESS_SECONDS = 30.0  # a progress line at least this often, and every 10 % kept
 
 
 class ModelMismatchError(UsageError):
@@ -105,10 +106,13 @@ def _available_bytes(device: str) -> int:
 
 
 def auto_batch_size(model, device: str = "cpu", fraction: float = 0.25,
-                    n_context_tokens: int | None = None) -> int:
+                    n_context_tokens: int | None = None, n_streamlines: int | None = None,
+                    oversampling: float = 1.0) -> int:
     """Streamlines per batch from free memory: ``fraction`` of it over a per-streamline estimate
     of the transformer's activations (self- and cross-attention scores, feed-forward), rounded
-    down to a power of two, between 64 and 8192 (CPU) or 65536 (CUDA)."""
+    down to a power of two, between 64 and 8192 (CPU) or 65536 (CUDA). With ``n_streamlines``,
+    never more than one batch needs: ``n_streamlines`` x ``oversampling`` (the support filter's
+    expected draws per kept streamline) rounded up to a power of two, at least 64."""
     t = model.config.transformer
     p, w = t.n_points, t.width
     tokens = n_context_tokens or int(np.prod(model.context_grid_shape))
@@ -116,8 +120,11 @@ def auto_batch_size(model, device: str = "cpu", fraction: float = 0.25,
     per_streamline = 4 * floats
     n = int(_available_bytes(device) * fraction // per_streamline)
     cap = 65536 if device.startswith("cuda") else 8192
-    n = max(64, min(cap, n))
-    return 1 << (n.bit_length() - 1)
+    n = 1 << (max(64, min(cap, n)).bit_length() - 1)
+    if n_streamlines is not None:
+        need = max(64, int(np.ceil(n_streamlines * oversampling)))
+        n = min(n, 1 << (need - 1).bit_length())
+    return n
 
 
 def sh_tensor(model, zscored_sh: np.ndarray, device: str = "cpu") -> torch.Tensor:
@@ -153,7 +160,11 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (with a
     precomputed ``context`` it is used only by a model with local fODF features). ``ref_affine``/``ref_shape`` describe the reference image of
     the tractogram header (the subject's native grid). The same ``seed`` gives the same streamlines
-    on the same device. With ``support`` (a :class:`~gentract_bids.model.support.FodSupport`),
+    on the same device, whatever ``batch_size`` (default: :func:`auto_batch_size` for this
+    request) on the CPU (tested): only the initial noise is random, drawn batch after batch from
+    one generator stream. On CUDA this is not guaranteed (the noise and the kernels may depend on
+    the batch shape), nor when the support filter stops at ``max_oversampling``: the last batch
+    drawn then decides how many are kept. With ``support`` (a :class:`~gentract_bids.model.support.FodSupport`),
     every batch is trimmed and filtered by its fODF support and batches are drawn until
     ``n_streamlines`` are kept (or ``max_oversampling`` times as many were drawn: then fewer are
     written and the sidecar says so). Returns the sidecar metadata: sampler, steps, seed, device,
@@ -169,7 +180,12 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     if sampler != check_sampler:
         raise ModelMismatchError(f"--sampler {sampler} does not fit this model (use {check_sampler})")
     steps = int(steps or model.config.steps)
-    batch_size = int(batch_size or auto_batch_size(model, device))
+    if not batch_size:
+        from .support import EXPECTED_OVERSAMPLING
+
+        batch_size = auto_batch_size(model, device, n_streamlines=n_streamlines,
+                                     oversampling=1.0 if support is None else EXPECTED_OVERSAMPLING)
+    batch_size = int(batch_size)
     scaler = CoordinateScaler.from_dict(meta["coord_bounds"])
     p = model.config.n_points
     if device.startswith("cuda"):
@@ -194,6 +210,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         done = drawn = accepted = 0
         t_support = 0.0
         max_drawn = None if support is None else support.settings.max_oversampling * n_streamlines
+        LOG.info("sampling %d streamlines on %s in batches of %d (%s, %d steps%s)", n_streamlines,
+                 device, batch_size, sampler, steps, ", support filter" if support else "")
+        reported, t_report = 0, t1
         with autocast:
             for batch in model.sample_batches(context, None if support else n_streamlines,
                                               steps=steps, batch_size=batch_size,
@@ -208,6 +227,12 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                     t_support += time.perf_counter() - ts
                 positions[done * p:(done + len(mm)) * p] = mm.reshape(-1, 3)
                 done += len(mm)
+                now = time.perf_counter()
+                if 10 * done // n_streamlines > reported or now - t_report >= PROGRESS_SECONDS:
+                    reported, t_report = 10 * done // n_streamlines, now
+                    LOG.info("sampling: %d/%d streamlines kept (%d %%), %d drawn, %.0f kept/s",
+                             done, n_streamlines, 100 * done // n_streamlines, drawn,
+                             done / max(now - t1, 1e-9))
                 if done >= n_streamlines or (max_drawn is not None and drawn >= max_drawn):
                     break
         positions.flush()

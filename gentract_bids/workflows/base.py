@@ -115,7 +115,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
             waypoint_atlas=_str(ev.waypoint_atlas), recobundles_models=_str(ev.recobundles_models),
             bundleseg_atlas=_str(ev.bundleseg_atlas), min_streamlines=ev.min_bundle_streamlines,
             seed=config.seeds.numpy % (2**31), title=f"{item.label} {tracker}",
-            name=f"eval_{model}_wf",
+            output_format=wcfg.output_format, name=f"eval_{model}_wf",
         )
         out_wf = init_tractography_derivatives_wf(
             model=model, staging_dir=staging, provenance=provenance, base_entities=base_entities)

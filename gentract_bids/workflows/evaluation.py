@@ -20,12 +20,14 @@ def init_evaluation_wf(
     min_streamlines: int = 10,
     seed: int = 0,
     title: str = "",
+    output_format: str = "trx",
     name: str = "evaluation_wf",
 ):
     """Build the evaluation workflow (``mode``: groundtruth, atlas or sanity).
 
     Inputs (``inputnode``): ``tractogram``, ``reference`` (an image on the DWI grid),
     ``mask_file`` (brain mask).
+    ``output_format`` (trx, tck or trk) is the format of the per-bundle tractograms.
 
     Outputs (``outputnode``): ``metrics_file`` (JSON), ``bundlestats_file`` (TSV),
     ``bundle_files``/``bundle_labels``/``bundle_names`` (per-bundle tractograms),
@@ -39,7 +41,7 @@ def init_evaluation_wf(
         EvaluateTractogram(mode=mode, subject=subject, truth_dir=truth_dir,
                            waypoint_atlas=waypoint_atlas, recobundles_models=recobundles_models,
                            bundleseg_atlas=bundleseg_atlas, min_streamlines=min_streamlines,
-                           seed=seed, title=title),
+                           seed=seed, title=title, out_format=output_format),
         name="evaluate",
     )
     wf.connect([
