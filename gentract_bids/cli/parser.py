@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None,
                    help="sampling steps (default: the model's, 10)")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="streamlines sampled at once (default: from free memory)")
+                   help="streamlines sampled at once (default: from free memory, at most what the "
+                        "request needs: N x 4 with the support filter, N without, as a power of two)")
     g.add_argument("--support-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="keep only streamlines the fODF supports: ends trimmed to and extended "
                         "along the fibre signal, streamlines with an unsupported gap rejected, "
