@@ -304,12 +304,17 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _save_nii(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+def nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A NIfTI image in mm with the affine as both qform and sform (code 1, scanner)."""
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
-    nib.save(img, str(path))
+    return img
+
+
+def _save_nii(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nifti_image(data, affine), str(path))
 
 
 def is_phantom_dataset(path: Path) -> bool:
@@ -475,10 +480,10 @@ def make_cohort(out_dir, n_subjects: int = 4, seed: int = 0, snr: float = 30.0,
         shutil.rmtree(out_dir)  # an earlier phantom: regenerate from scratch
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_description(out_dir, params, anatomy_kind, n_subjects)
+    if anatomy_kind == "human":
+        from .human import human_truth_extras, make_human_subject
     for i in range(1, n_subjects + 1):
         if anatomy_kind == "human":
-            from .human import human_truth_extras, make_human_subject
-
             subj = make_human_subject(i, atlas, seed=seed, snr=snr, voxel_size=voxel_size,
                                       bvals=bvals, n_dirs=n_dirs, n_b0=n_b0,
                                       n_truth_streamlines=n_truth_streamlines)

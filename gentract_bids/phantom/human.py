@@ -30,8 +30,9 @@ import numpy as np
 from scipy import ndimage
 
 from .atlas import SPACE, Atlas
-from .cohort import S0, Subject, SubjectTransform, _rng, _rotation, draw_transform
-from .signal import Populations, gradient_scheme, synthesize_dwi, top_peaks, world_to_voxel_index
+from .cohort import S0, Subject, SubjectTransform, _rng, _rotation, draw_transform, nifti_image
+from .signal import (Populations, gradient_scheme, synthesize_dwi, top_peaks, voxel_centres,
+                     world_to_voxel_index)
 from .tracking import TrackingSettings, truth_streamlines
 
 log = logging.getLogger("gentract.phantom")
@@ -120,6 +121,7 @@ class AtlasTissue:
     depth_in: np.ndarray  # (X, Y, Z) mm from the brain edge, inside
     depth_out: np.ndarray  # mm from the brain, outside
     ventricles: np.ndarray  # bool
+    any_bundle: np.ndarray  # bool, inside any of the atlas's bundle masks
     begin: np.ndarray  # (B, X, Y, Z) bool, dilated like the tracking's regions
     end: np.ndarray
 
@@ -143,7 +145,7 @@ def _atlas_tissue(atlas: Atlas, region_dilation: int) -> AtlasTissue:
            if region_dilation else m)
     begin = np.stack([dil(m) for m in atlas._masks[:, 1]])
     end = np.stack([dil(m) for m in atlas._masks[:, 2]])
-    return AtlasTissue(depth_in, depth_out, vent, begin, end)
+    return AtlasTissue(depth_in, depth_out, vent, atlas._masks[:, 0].any(0), begin, end)
 
 
 # ----------------------------------------------------------------------------- populations
@@ -280,8 +282,7 @@ def make_human_subject(index: int, atlas: Atlas, seed: int = 0, snr: float = 30.
     nvox = int(np.prod(shape))
 
     # where each scanner voxel comes from in the atlas
-    ijk = np.stack(np.unravel_index(np.arange(nvox), shape), 1).astype(float)
-    y = ijk @ affine[:3, :3].T + affine[:3, 3]
+    y = voxel_centres(shape, affine)
     x = np.concatenate([amap.inverse(y[a:a + 200_000]) for a in range(0, nvox, 200_000)])
     src = world_to_voxel_index(x, atlas.shape, atlas.affine)
     inside = src >= 0
@@ -295,6 +296,7 @@ def make_human_subject(index: int, atlas: Atlas, seed: int = 0, snr: float = 30.
     tissue = _atlas_tissue(atlas, tracking.region_dilation)
     brain = pull(atlas.brain)
     fa = pull(atlas.fa)
+    depth_in, depth_out = pull(tissue.depth_in), pull(tissue.depth_out, np.inf)
 
     # fibre populations: named bundles from their streamlines, then unlabelled atlas peaks
     streamlines, vox_l, bun_l, fr_l, dir_l = {}, [], [], [], []
@@ -305,9 +307,8 @@ def make_human_subject(index: int, atlas: Atlas, seed: int = 0, snr: float = 30.
         vox_l.append(v), bun_l.append(np.full(len(v), bi)), fr_l.append(f), dir_l.append(d)
     labelled = np.zeros(nvox, bool)
     labelled[np.concatenate(vox_l)] = True
-    in_bundles = pull(atlas._masks[:, 0].any(0))
-    deep = pull(tissue.depth_in) > 2 * RIBBON_MM
-    free = np.nonzero(deep & (fa > UNLABELLED_FA) & ~in_bundles & ~labelled)[0]
+    deep = depth_in > 2 * RIBBON_MM
+    free = np.nonzero(deep & (fa > UNLABELLED_FA) & ~pull(tissue.any_bundle) & ~labelled)[0]
     if len(free):
         pk = atlas.peaks.reshape(-1, 3, 3)[src[free]]  # (n, 3 peaks, 3)
         amp = np.linalg.norm(pk, axis=2)
@@ -328,7 +329,6 @@ def make_human_subject(index: int, atlas: Atlas, seed: int = 0, snr: float = 30.
     # tissue: the non-fibre part of the brain is grey matter, with a sulcal CSF share in the
     # cortical ribbon; ventricles and a thin shell around the brain are CSF
     rest = np.clip(1.0 - wm, 0.0, 1.0)
-    depth_in, depth_out = pull(tissue.depth_in), pull(tissue.depth_out, np.inf)
     vent = pull(tissue.ventricles)
     ribbon = brain & (depth_in <= RIBBON_MM)
     csf = np.where(vent, rest, np.where(ribbon, RIBBON_CSF_SHARE * rest, 0.0))
@@ -372,31 +372,23 @@ def make_human_subject(index: int, atlas: Atlas, seed: int = 0, snr: float = 30.
                    brain_mask.reshape(shape), peak_dirs, peak_fr, names, r3(bmask), r3(heads),
                    r3(tails), None, streamlines, anatomy, S0 / snr)
     subj.extra = {"atlas_map": amap, "truth_counts": {n: tracked[n].n for n in names},
-                  "shortfall": shortfall}
+                  "shortfall": shortfall, "xfm_field": displacement_field(x, y, shape)}
     return subj
 
 
 # ----------------------------------------------------------------------------- files
-def displacement_field(amap: AtlasToScanner, shape, affine, chunk: int = 200_000):
+def displacement_field(atlas_points: np.ndarray, scanner_points: np.ndarray, shape):
     """ITK/ANTs displacement field on the scanner grid for the points map scanner -> atlas
-    (what ANTs names the transform that resamples an atlas image into the scanner grid):
-    (X, Y, Z, 1, 3) float32, LPS components, x_atlas = y + d(y)."""
-    nvox = int(np.prod(shape))
-    out = np.empty((nvox, 3), np.float32)
-    for a in range(0, nvox, chunk):
-        idx = np.arange(a, min(a + chunk, nvox))
-        ijk = np.stack(np.unravel_index(idx, shape), 1).astype(float)
-        y = ijk @ affine[:3, :3].T + affine[:3, 3]
-        out[idx] = (amap.inverse(y) - y) * np.array([-1.0, -1.0, 1.0])  # RAS -> LPS
-    return out.reshape(*shape, 1, 3)
+    (what ANTs names the transform that resamples an atlas image into the scanner grid), from
+    each voxel centre (``scanner_points``, N x 3 RAS) and its atlas position: (X, Y, Z, 1, 3)
+    float32, LPS components, x_atlas = y + d(y)."""
+    d = (atlas_points - scanner_points) * np.array([-1.0, -1.0, 1.0])  # RAS -> LPS
+    return d.astype(np.float32).reshape(*shape, 1, 3)
 
 
 def xfm_image(field: np.ndarray, affine) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(field, affine)
+    img = nifti_image(field, affine)
     img.header.set_intent("vector")
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
     return img
 
 
@@ -407,8 +399,7 @@ def human_truth_extras(subj: Subject, n_truth_streamlines: int) -> dict:
     sub = f"sub-{subj.label}"
     xfm = f"{sub}_from-{SPACE}_to-dwi_mode-image_xfm"
     return {
-        f"{xfm}.nii.gz": xfm_image(displacement_field(amap, subj.dwi.shape[:3], subj.affine),
-                                   subj.affine),
+        f"{xfm}.nii.gz": xfm_image(subj.extra["xfm_field"], subj.affine),
         f"{xfm}.json": {
             "Description": "true map of points from this subject's scanner space to the atlas "
                            f"({SPACE}) space, as an ITK/ANTs displacement field on the DWI grid "
