@@ -1,0 +1,133 @@
+"""FA of a DWI series and its robust affine registration to the model's template.
+
+dipy's ``imaffine`` (Mattes mutual information; Avants et al.'s ANTs recipe): centre of mass ->
+translation -> rigid -> affine, each stage at three resolutions (factors 4, 2, 1; Gaussian sigmas
+3, 1, 0 voxels). The FA of the subject (moving) is matched to the template FA (static) inside both
+brain masks. The result is checked by the overlap (Dice) of the template's brain mask mapped into
+the subject and the subject's own brain mask.
+
+Plain functions on numpy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import BadDataError
+
+LOG = logging.getLogger("gentract.registration")
+
+PIPELINE = ("center_of_mass", "translation", "rigid", "affine")
+LEVEL_ITERS = (1000, 200, 50)  # fewer at the finest level: 2.4 mm instead of 1.8 mm off (dev subject)
+SIGMAS = (3.0, 1.0, 0.0)
+FACTORS = (4, 2, 1)
+NBINS = 32
+MIN_DICE = 0.75  # brain-mask overlap after registration below this: the registration failed
+FA_MAX_B = 1600.0  # the tensor is fitted to b0 and the shells up to this b-value
+
+
+class RegistrationError(BadDataError):
+    """The subject could not be brought into the model's space."""
+
+
+@dataclass
+class Registration:
+    """``matrix`` (4, 4) maps template mm -> subject mm (RAS+)."""
+
+    matrix: np.ndarray
+    dice: float
+    seconds: float
+    stages: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        lin = self.matrix[:3, :3]
+        u, s, vt = np.linalg.svd(lin)
+        rot = u @ vt
+        angle = float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1))))
+        return {"Method": "dipy imaffine: " + " -> ".join(PIPELINE) + " (mutual information, "
+                          f"{NBINS} bins; levels: factors {list(FACTORS)}, sigmas {list(SIGMAS)}, "
+                          f"iterations {list(LEVEL_ITERS)})",
+                "MatrixTemplateToSubject": np.round(self.matrix, 6).tolist(),
+                "RotationDegrees": round(angle, 3),
+                "Scales": np.round(s, 4).tolist(),
+                "TranslationMm": np.round(self.matrix[:3, 3], 3).tolist(),
+                "BrainMaskDice": round(float(self.dice), 4),
+                "MinimumDice": MIN_DICE,
+                "Seconds": round(self.seconds, 2)}
+
+
+def fa_map(data, bvals, bvecs, mask) -> np.ndarray:
+    """Fractional anisotropy (X, Y, Z) float32 of a DWI series inside ``mask`` (0 outside), from a
+    weighted-least-squares tensor fit (dipy) to the b0 volumes and the shells up to
+    :data:`FA_MAX_B` s/mm² (the lowest shell when all are higher)."""
+    from dipy.reconst.dti import TensorModel
+
+    from ..fodf.csd import make_gtab
+
+    bvals = np.asarray(bvals, float)
+    b0 = bvals <= 50
+    dw = bvals[~b0]
+    if not dw.size:
+        raise BadDataError("FA needs diffusion-weighted volumes")
+    limit = max(FA_MAX_B, float(dw.min()) + 50)
+    keep = b0 | (bvals <= limit)
+    gtab = make_gtab(bvals[keep], np.asarray(bvecs)[keep])
+    mask = np.asarray(mask, bool)
+    fit = TensorModel(gtab, fit_method="WLS").fit(np.asarray(data)[..., keep], mask=mask)
+    fa = np.nan_to_num(np.asarray(fit.fa, np.float32), nan=0.0)
+    return np.where(mask, np.clip(fa, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def mask_dice(template_mask, template_affine, subject_mask, subject_affine, matrix) -> float:
+    """Dice of the template's brain mask mapped into the subject grid through ``matrix``
+    (template mm -> subject mm) and the subject's own brain mask."""
+    from ..fodf.grid import resample_to_grid
+
+    # a subject voxel y takes the template at inverse(matrix) y
+    mapped = resample_to_grid(np.asarray(template_mask).astype(np.uint8),
+                              np.asarray(matrix, float) @ np.asarray(template_affine, float),
+                              np.asarray(subject_affine, float), np.asarray(subject_mask).shape,
+                              order=0) > 0
+    sub = np.asarray(subject_mask, bool)
+    denom = mapped.sum() + sub.sum()
+    return float(2.0 * (mapped & sub).sum() / denom) if denom else 0.0
+
+
+def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
+                         level_iters=LEVEL_ITERS, min_dice: float = MIN_DICE,
+                         name: str = "the subject") -> Registration:
+    """Register a subject's FA (on its grid ``affine``, brain ``mask``) to ``template`` (a
+    :class:`~gentract_bids.registration.template.ModelTemplate`).
+
+    Deterministic: the mutual information is computed on every voxel (no random sampling).
+    Raises :class:`RegistrationError` when the brain masks overlap less than ``min_dice``."""
+    from dipy.align import affine_registration
+
+    t0 = time.perf_counter()
+    mask = np.asarray(mask, bool)
+    if mask.sum() < 100:
+        raise RegistrationError(f"{name}: the brain mask has {int(mask.sum())} voxels; nothing "
+                                "to register to the model's template")
+    moving = np.where(mask, np.asarray(fa, np.float32), 0).astype(np.float64)
+    static = np.where(template.mask, template.fa, 0).astype(np.float64)
+    _, matrix = affine_registration(
+        moving, static, moving_affine=np.asarray(affine, float), static_affine=template.affine,
+        pipeline=list(pipeline), level_iters=list(level_iters), sigmas=list(SIGMAS),
+        factors=list(FACTORS), nbins=NBINS, sampling_proportion=None,
+        moving_mask=mask.astype(np.int32), static_mask=template.mask.astype(np.int32))
+    matrix = np.asarray(matrix, float)
+    dice = mask_dice(template.mask, template.affine, mask, affine, matrix)
+    reg = Registration(matrix, dice, time.perf_counter() - t0, list(pipeline))
+    LOG.info("%s: registered to the %s template in %.1f s (brain-mask Dice %.3f)", name,
+             template.space, reg.seconds, dice)
+    if not np.isfinite(dice) or dice < min_dice:
+        raise RegistrationError(
+            f"{name}: registration to the model's {template.space} template failed: the brain "
+            f"masks overlap with Dice {dice:.2f} after registration (at least {min_dice} "
+            "expected). Check the brain mask and the DWI's orientation (affine), or run with "
+            "--registration none if the data are already in the model's space")
+    return reg
