@@ -39,7 +39,9 @@ class Workflow:
     csd_method: str = "auto"  # auto | ssst | msmt
     csd_shell: float | None = None  # b-value for single-shell CSD on multi-shell data
     grid_spacing: float = 1.875
-    grid_shape: tuple[int, int, int] = (80, 96, 80)
+    grid_shape: tuple[int, int, int] = (80, 96, 80)  # the model's, when GenTract runs
+    registration: str = "affine"  # affine | none (the data are in the model's space already)
+    min_registration_dice: float = 0.75  # brain-mask overlap below this: registration failed
     trackers: list[str] = field(default_factory=list)  # gentract and/or baselines (ifod2, ...)
     n_streamlines: int = 100_000
     sift_factor: float = 10.0  # iFOD2/SD_Stream: generate factor x n, then tcksift to n

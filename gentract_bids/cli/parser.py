@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampling until --n-streamlines are kept; the fODF amplitude threshold "
                         "relative to its 99th-percentile peak (default: %(default)s; 0: off, "
                         "every sampled streamline is written)")
+    g.add_argument("--registration", choices=("affine", "none"), default="affine",
+                   help="how each series is brought into the model's space (the template its "
+                        "checkpoint carries): affine: registered to it (dipy, mutual information: "
+                        "centre of mass, translation, rigid, affine), the streamlines mapped back; "
+                        "none: the data are in the model's space already (default: %(default)s)")
+    g.add_argument("--min-registration-dice", type=float, default=0.75,
+                   help="a registration whose brain-mask overlap (Dice of the template's mask "
+                        "mapped into the series and the series' own) is below this fails the "
+                        "series (default: %(default)s)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", dest="eval_mode", choices=EVAL_MODES, default="auto",
                    help="auto: ground truth when the dataset has phantom-truth derivatives, atlas "
@@ -156,7 +165,10 @@ def parse_args(argv=None) -> Config:
     bids_dir = opts.bids_dir.resolve()
     output_dir = opts.output_dir.resolve()
     work_dir = (opts.work_dir or Path.cwd() / "work").resolve()
-    return Config(
+    if not 0 <= opts.min_registration_dice <= 1:
+        raise UsageError(f"--min-registration-dice must lie in [0, 1], got "
+                         f"{opts.min_registration_dice}")
+    config = Config(
         execution=Execution(
             bids_dir=bids_dir,
             output_dir=output_dir,
@@ -174,7 +186,8 @@ def parse_args(argv=None) -> Config:
                           csd_shell=opts.csd_shell, trackers=trackers,
                           n_streamlines=opts.n_streamlines, sift_factor=opts.sift_factor,
                           tckglobal_niter=opts.tckglobal_niter,
-                          output_format=opts.output_format),
+                          output_format=opts.output_format, registration=opts.registration,
+                          min_registration_dice=opts.min_registration_dice),
         evaluation=Evaluation(
             mode=opts.eval_mode,
             truth_dir=opts.truth_dir.resolve() if opts.truth_dir else None,
@@ -187,6 +200,12 @@ def parse_args(argv=None) -> Config:
         model=_model_section(opts, check="gentract" in trackers),
         seeds=Seeds(master=opts.random_seed),
     )
+    if "gentract" in trackers:  # the canonical grid is the model's
+        from ..io.checkpoint import read_checkpoint_metadata
+
+        meta = read_checkpoint_metadata(config.model.path)
+        config.workflow.grid_shape = tuple(int(s) for s in meta["grid_shape"])
+    return config
 
 
 def _model_section(opts, check: bool) -> Model:
@@ -198,10 +217,15 @@ def _model_section(opts, check: bool) -> Model:
     model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size,
                   support_threshold=opts.support_threshold or None)
     if check:
+        from ..registration.template import load_model_template
+
         _, meta = load_model(path)
         grid = Workflow()
         check_compatible(meta, sh_order=opts.sh_order, grid_spacing=grid.grid_spacing,
-                         grid_shape=grid.grid_shape, sampler=opts.sampler,
-                         name=f"the model {path}")
+                         sampler=opts.sampler, name=f"the model {path}")
+        template = load_model_template(path, meta)  # checksum verified before anything runs
+        if template is None and opts.registration == "affine":
+            raise UsageError(f"the model {path} carries no template to register to; use "
+                             "--registration none when the data are in its space already")
         model.sha256 = meta["sha256"]
     return model

@@ -98,6 +98,38 @@ def model_config(recipe: dict):
     return GenTractConfig.from_dict(m)
 
 
+TEMPLATES = ("none", "cohort", "atlas")
+
+
+def model_template(recipe: dict, cfg, train_sources):
+    """The template the recipe's model is trained in (``data.template``): ``atlas``, the packaged
+    TractSeg atlas FA (or ``data.atlas_dir``) on a canonical grid centred on its brain; ``cohort``,
+    the mean FA of the training subjects as they are placed; ``none`` (default): no template, the
+    model grid is the subjects' world."""
+    from ..registration.template import mean_template, template_from_atlas
+
+    data = recipe.get("data", {})
+    kind = str(data.get("template", "none"))
+    if kind not in TEMPLATES:
+        raise UsageError(f"recipe data.template must be one of {', '.join(TEMPLATES)}, got {kind!r}")
+    if kind == "none":
+        return None
+    if kind == "atlas":
+        from ..phantom.atlas import load_atlas
+
+        return template_from_atlas(load_atlas(data.get("atlas_dir")), cfg.grid_spacing,
+                                   tuple(cfg.grid_shape))
+    from ..fodf.grid import canonical_grid
+    from ..train.dataset import subject_fa
+
+    pairs = [subject_fa(s, cfg.grid_spacing, tuple(cfg.grid_shape)) for s in train_sources]
+    space = str(data.get("template_space", "cohort"))
+    return mean_template([p[0] for p in pairs], [p[1] for p in pairs],
+                         canonical_grid(cfg.grid_spacing, tuple(cfg.grid_shape))[0], space,
+                         f"mean FA of the {len(pairs)} training subjects (sub-"
+                         + ", sub-".join(s.label for s in train_sources) + "), as placed")
+
+
 # ----------------------------------------------------------------------------- run
 def main(argv=None) -> int:
     os.environ.setdefault("NIPYPE_NO_ET", "1")
@@ -171,10 +203,15 @@ def train(opts) -> dict:
         split = ds.split_subjects(labels, tuple(recipe["data"]["split"]), seed=opts.random_seed)
         ds.write_split(split_file, split)
     used = set(split["train"]) | set(split["validation"])
+    cache_dir = opts.cache_dir or run_dir / "cache"
     t0 = time.perf_counter()
+    template = model_template(recipe, cfg, [s for s in sources if s.label in split["train"]])
+    t_template = time.perf_counter() - t0
+    register = template is not None and bool(recipe["data"].get("register", True))
     prepared = ds.prepare_subjects([s for s in sources if s.label in used], cfg, n_points,
-                                   cache_dir=opts.cache_dir or run_dir / "cache")
-    t_fod = time.perf_counter() - t0
+                                   cache_dir=cache_dir, template=template if register else None,
+                                   workers=max(1, opts.threads or 1))
+    t_fod = time.perf_counter() - t0 - t_template
     data = ds.TrainingData(prepared)
     rot = recipe["data"]["rotations"]
     rotations = (augmentation_rotations(tuple(rot["angles"]))
@@ -189,11 +226,17 @@ def train(opts) -> dict:
     model.set_coordinate_bounds(data.lo, data.hi)
     ctx = RunContext(run_dir=run_dir, seed=opts.random_seed, device=device,
                      progress=not opts.no_progress, rank=rank, world_size=world)
-    ctx.timings["fodf_seconds"] = round(t_fod, 1)
+    ctx.timings["template_seconds"] = round(t_template, 1)
+    ctx.timings["fodf_seconds"] = round(t_fod, 1)  # with the registrations when registering
     results: dict = {}
 
     def checkpoint(step=None):
+        from ..registration.template import save_model_template
+
         meta = {
+            "template": (None if template is None else
+                         {**save_model_template(run_dir / "checkpoint" / "gentract", template),
+                          "registered_training": register}),
             "zscore": {"mean": data.mean.tolist(), "std": data.std.tolist()},
             "coord_bounds": {"lo": data.lo.tolist(), "hi": data.hi.tolist()},
             "provenance": {

@@ -57,21 +57,35 @@ def resample_to_grid(volume, affine_in, affine_out, shape_out, order=1):
 
 
 def to_canonical(sh, sh_affine, mask, mask_affine=None, spacing=CANONICAL_SPACING,
-                 shape=CANONICAL_SHAPE):
+                 shape=CANONICAL_SHAPE, to_subject=None):
     """A subject's SH coefficients (X, Y, Z, m) in its voxel frame -> the canonical grid.
 
     Coefficients are re-expressed in the RAS+ world frame (:func:`fodf.rotation.sh_to_world_frame`,
     a no-op for axis-aligned RAS+ data), then resampled trilinearly; the brain ``mask`` (on
     ``mask_affine``, default ``sh_affine``) by nearest neighbour. Training and inference both use
-    this. ``mask`` is read as ``mask != 0`` (threshold it first if it is not binary). Returns
-    ``(sh float32 (X', Y', Z', m), mask bool (X', Y', Z'), affine)``."""
-    from .rotation import sh_to_world_frame
+    this. ``mask`` is read as ``mask != 0`` (threshold it first if it is not binary).
+
+    ``to_subject`` (4, 4), when given, maps model coordinates (the canonical grid's world) to the
+    subject's world mm (the registration composed with the template's placement,
+    :func:`gentract_bids.registration.template.model_to_subject`): canonical voxel ``v`` takes the
+    subject's fODF at ``to_subject @ affine @ v``, reoriented by the rotation part of the inverse
+    map (finite strain), so that a fibre along ``d`` in the subject points along
+    ``U d``, ``U`` the rotation of ``inverse(to_subject)``, on the grid. Returns
+    ``(sh float32 (X', Y', Z', m), mask bool (X', Y', Z'), affine)`` (``affine``: the canonical
+    grid in model coordinates)."""
+    from .rotation import orthonormal_part, rotate_sh_coefficients, sh_to_world_frame
 
     affine, shape = canonical_grid(spacing, tuple(shape))
-    sh_c = resample_to_grid(sh_to_world_frame(np.asarray(sh), sh_affine), sh_affine, affine, shape,
-                            order=1)
+    sample = affine if to_subject is None else np.asarray(to_subject, float) @ affine
     m_aff = sh_affine if mask_affine is None else mask_affine
-    mask_c = resample_to_grid(np.asarray(mask).astype(np.uint8), m_aff, affine, shape, order=0) > 0
+    mask_c = resample_to_grid(np.asarray(mask).astype(np.uint8), m_aff, sample, shape, order=0) > 0
+    sh_c = resample_to_grid(sh_to_world_frame(np.asarray(sh), sh_affine), sh_affine, sample, shape,
+                            order=1)
+    if to_subject is not None:
+        U = orthonormal_part(np.linalg.inv(np.asarray(to_subject, float)[:3, :3]))
+        if not np.allclose(U, np.eye(3), atol=1e-9):
+            sh_c[mask_c] = rotate_sh_coefficients(sh_c[mask_c], U)
+            sh_c[~mask_c] = 0.0  # what z-scoring gives the background anyway
     return sh_c, mask_c, affine
 
 

@@ -130,3 +130,37 @@ class StageTractography(SimpleInterface):
                                      "suffix": suffix}, staging)
         self._results["out_files"] = out
         return runtime
+
+
+class _StageRegistrationInputSpec(BaseInterfaceInputSpec):
+    staging_dir = Directory(mandatory=True)
+    base_entities = traits.Dict(mandatory=True, desc="subject, session, acquisition, run")
+    provenance = traits.Dict(mandatory=True, desc="added to every sidecar")
+    space = traits.Str(mandatory=True, desc="the template's space")
+    xfm_file = File(exists=True, mandatory=True)
+    metadata = traits.Dict(mandatory=True)
+    fa_file = File(exists=True, mandatory=True)
+    figure = File(exists=True, mandatory=True)
+
+
+class StageRegistration(SimpleInterface):
+    """Stage the registration of a series: the transform (``from-dwi_to-<space>_mode-image_xfm``)
+    with its sidecar, the FA map it was computed from, and the report figure."""
+
+    input_spec = _StageRegistrationInputSpec
+    output_spec = _CommitOutputSpec
+
+    def _run_interface(self, runtime):
+        i = self.inputs
+        base, prov = dict(i.base_entities), dict(i.provenance)
+        out = stage_file(i.xfm_file, {**base, "from": "dwi", "to": i.space, "mode": "image",
+                                      "suffix": "xfm"}, i.staging_dir, {**i.metadata, **prov})
+        out += stage_file(i.fa_file, {**base, "space": "dwi", "model": "tensor", "param": "fa",
+                                      "suffix": "dwimap"}, i.staging_dir,
+                          {"Description": "fractional anisotropy (dipy WLS tensor fit, b <= "
+                                          "1600 s/mm2), the image registered to the template",
+                           "Model": {"Name": "DTI"}, **prov})
+        out += stage_file(i.figure, {**base, "datatype": "figures", "space": i.space,
+                                     "desc": "registration", "suffix": "dwi"}, i.staging_dir)
+        self._results["out_files"] = out
+        return runtime

@@ -13,6 +13,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -201,6 +202,10 @@ class _CanonicalInputSpec(BaseInterfaceInputSpec):
     shape = traits.Tuple(traits.Int, traits.Int, traits.Int, mandatory=True)
     stats_file = File(exists=True, desc="JSON with per-coefficient 'mean' and 'std', at its top "
                       "level or under 'zscore' (a GenTract checkpoint's metadata)")
+    model_path = traits.Str(desc="checkpoint whose template places the grid (and whose space "
+                            "the registration maps to)")
+    xfm_file = File(exists=True, desc="registration (ITK affine, template mm -> subject mm); "
+                    "without it the data are taken to be in the template's space")
 
 
 class _CanonicalOutputSpec(TraitedSpec):
@@ -221,10 +226,12 @@ class CanonicalFOD(SimpleInterface):
         t0 = time.perf_counter()
         fod_img = nb.load(self.inputs.fod_file)
         mask_img = nb.load(self.inputs.mask_file)
+        to_subject = _model_to_subject(self.inputs)
         # voxel-frame coefficients -> RAS+ world frame -> canonical grid, exactly as in training
         sh, mask, affine = to_canonical(np.asanyarray(fod_img.dataobj), fod_img.affine,
                                         np.asanyarray(mask_img.dataobj) > 0.5, mask_img.affine,
-                                        self.inputs.spacing, tuple(self.inputs.shape))
+                                        self.inputs.spacing, tuple(self.inputs.shape),
+                                        to_subject=to_subject)
         if self.inputs.stats_file:
             stats = json.loads(Path(self.inputs.stats_file).read_text())
             stats = stats.get("zscore", stats)
@@ -237,7 +244,11 @@ class CanonicalFOD(SimpleInterface):
         self._results["out_mask"] = _save(mask, affine, "mask_canonical.nii.gz", np.uint8)
         self._results["metadata"] = {
             "Resampling": "coefficients rotated from the voxel (ijk) frame to RAS+ world axes, "
-                          "then trilinear interpolation of each SH coefficient (world space)",
+                          "then trilinear interpolation of each SH coefficient (world space)"
+                          + ("" if to_subject is None else
+                             " through the registration to the model's template, each fODF "
+                             "reoriented by the rotation part of the map (finite strain)"),
+            "ModelToSubject": None if to_subject is None else np.round(to_subject, 6).tolist(),
             "VoxelSize": [self.inputs.spacing] * 3,
             "GridShape": list(mask.shape),
             "ZScore": {"Statistics": source, "Mean": mean.tolist(), "Std": std.tolist(),
@@ -245,3 +256,10 @@ class CanonicalFOD(SimpleInterface):
             "Timings": {"CanonicalSeconds": round(time.perf_counter() - t0, 3)},
         }
         return runtime
+
+
+def _model_to_subject(inputs):
+    from ..registration.template import subject_map
+
+    xfm = inputs.xfm_file if isdefined(inputs.xfm_file) else None
+    return subject_map(inputs.model_path, xfm) if isdefined(inputs.model_path) else None

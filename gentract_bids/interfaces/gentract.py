@@ -38,6 +38,8 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
     support_threshold = traits.Either(None, traits.Float, default=None, usedefault=True,
                                       desc="fODF support filter threshold; None: off")
     canonical_mask = File(exists=True, desc="brain mask on the model's grid (support filter)")
+    xfm_file = File(exists=True, desc="registration (ITK affine, template mm -> subject mm): "
+                    "the streamlines are mapped back to the subject through it")
 
 
 class _GenTractSampleOutputSpec(TraitedSpec):
@@ -54,6 +56,7 @@ class GenTractSample(SimpleInterface):
     def _run_interface(self, runtime):
         from ..logs import worker_logging
         from ..model.inference import fod_support, load_model, sample_tractogram
+        from ..registration.template import subject_map
 
         worker_logging()  # progress lines reach the console from a MultiProc worker too
         i = self.inputs
@@ -70,10 +73,12 @@ class GenTractSample(SimpleInterface):
             support = fod_support(meta, zscored, np.asanyarray(mask.dataobj) > 0, fod.affine,
                                   threshold=i.support_threshold)
         out = Path(f"tractogram.{i.out_format}").absolute()
+        to_subject = subject_map(i.model_path, i.xfm_file if isdefined(i.xfm_file) else None)
         self._results["metadata"] = sample_tractogram(
             model, meta, zscored, out, support=support,
             n_streamlines=i.n_streamlines, ref_affine=ref.affine, ref_shape=ref.shape[:3],
             steps=optional(i.steps), sampler=optional(i.sampler),
-            batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device)
+            batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device,
+            to_subject=to_subject)
         self._results["out_file"] = str(out)
         return runtime

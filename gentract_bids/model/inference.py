@@ -154,7 +154,8 @@ def fod_support(meta: dict, zscored_sh: np.ndarray, mask: np.ndarray, affine,
 def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_streamlines: int,
                       ref_affine, ref_shape, steps: int | None = None, sampler: str | None = None,
                       batch_size: int | None = None, seed: int = 0, device: str = "cpu",
-                      context: torch.Tensor | None = None, support=None) -> dict:
+                      context: torch.Tensor | None = None, support=None,
+                      to_subject=None) -> dict:
     """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
 
     ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (with a
@@ -167,9 +168,12 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     drawn then decides how many are kept. With ``support`` (a :class:`~gentract_bids.model.support.FodSupport`),
     every batch is trimmed and filtered by its fODF support and batches are drawn until
     ``n_streamlines`` are kept (or ``max_oversampling`` times as many were drawn: then fewer are
-    written and the sidecar says so). Returns the sidecar metadata: sampler, steps, seed, device,
+    written and the sidecar says so). ``to_subject`` (4, 4) maps the model's coordinates to the
+    subject's mm (:func:`gentract_bids.registration.template.subject_map`); the streamlines are
+    sampled and filtered in model coordinates and written through it. Returns the sidecar metadata: sampler, steps, seed, device,
     counts, timings, streamlines per second and peak memory."""
     out_file = Path(out_file)
+    to_subject = None if to_subject is None else np.asarray(to_subject, np.float64)
     if n_streamlines < 1:
         raise ValueError(f"n_streamlines must be positive, got {n_streamlines}")
     fmt = out_file.suffix.lstrip(".").lower()
@@ -225,6 +229,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                     accepted += len(mm)
                     mm = mm[:n_streamlines - done]
                     t_support += time.perf_counter() - ts
+                if to_subject is not None and len(mm):
+                    mm = mm @ to_subject[:3, :3].T + to_subject[:3, 3]
                 positions[done * p:(done + len(mm)) * p] = mm.reshape(-1, 3)
                 done += len(mm)
                 now = time.perf_counter()
@@ -278,6 +284,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                            "AcceptanceRate": round(accepted / drawn, 4),
                            "ReferenceAmplitude": support.reference}),
         "PointsPerStreamline": int(p),
+        "ModelToSubject": None if to_subject is None else np.round(to_subject, 6).tolist(),
         "Timings": {"ContextSeconds": round(t_context, 3), "SamplingSeconds": round(t_sample, 3),
                     "SupportSeconds": round(t_support, 3), "WritingSeconds": round(t_write, 3),
                     "TotalSeconds": round(time.perf_counter() - t0, 3)},

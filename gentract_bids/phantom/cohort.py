@@ -449,13 +449,17 @@ def make_cohort(out_dir, n_subjects: int = 4, seed: int = 0, snr: float = 30.0,
                 voxel_size: float = 2.0, geometry=None, bvals=(0, 1000, 2000, 3000),
                 n_dirs: int = 32, n_b0: int = 6, n_truth_streamlines: int = 200,
                 anatomy_kind: str = "tubes", atlas_dir=None, bundles=None,
-                on_subject=None) -> Path:
+                on_subject=None, human_poses=None) -> Path:
     """Write a BIDS dataset of ``n_subjects`` synthetic subjects (+ ground-truth derivatives).
 
     ``anatomy_kind``: "tubes" (``geometry``: None for our brain-like template, a Geometry, or a
     phantomas JSON path) or "human" (the packaged TractSeg anatomy, or the TractSeg-layout folder
     ``atlas_dir``; ``bundles``: a subset of its bundle names). ``on_subject(subject)`` is called
-    after each subject is written (progress, logs)."""
+    after each subject is written (progress, logs). ``human_poses`` (human only): a list of
+    ``{"index": i, "storage": "LAS", "angles": [ax, ay, az]}``, one per participant written (as
+    sub-01, sub-02, ... in order): anatomical subject ``i`` of ``seed`` in that storage
+    orientation and head rotation (the same anatomy in several poses); ``n_subjects`` is then
+    ignored."""
     from .geometry import load_geometry
 
     out_dir = Path(out_dir)
@@ -479,14 +483,23 @@ def make_cohort(out_dir, n_subjects: int = 4, seed: int = 0, snr: float = 30.0,
     if out_dir.exists() and is_phantom_dataset(out_dir):
         shutil.rmtree(out_dir)  # an earlier phantom: regenerate from scratch
     out_dir.mkdir(parents=True, exist_ok=True)
+    if anatomy_kind == "human" and human_poses:
+        params["poses"] = [dict(p) for p in human_poses]
+        n_subjects = len(human_poses)
     _write_description(out_dir, params, anatomy_kind, n_subjects)
     if anatomy_kind == "human":
         from .human import human_truth_extras, make_human_subject
-    for i in range(1, n_subjects + 1):
+    specs = (list(human_poses) if anatomy_kind == "human" and human_poses
+             else [{"index": i} for i in range(1, n_subjects + 1)])
+    for k, spec in enumerate(specs, start=1):
+        i = int(spec["index"])
         if anatomy_kind == "human":
             subj = make_human_subject(i, atlas, seed=seed, snr=snr, voxel_size=voxel_size,
                                       bvals=bvals, n_dirs=n_dirs, n_b0=n_b0,
-                                      n_truth_streamlines=n_truth_streamlines)
+                                      n_truth_streamlines=n_truth_streamlines,
+                                      storage=spec.get("storage"),
+                                      pose_angles_deg=spec.get("angles"))
+            subj.label = f"{k:02d}"
             write_subject(subj, out_dir, params, model_name=_MODEL_NAME[anatomy_kind])
             der = out_dir / "derivatives" / "phantom-truth" / f"sub-{subj.label}" / "dwi"
             for name, content in human_truth_extras(subj, n_truth_streamlines).items():

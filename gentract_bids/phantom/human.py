@@ -262,12 +262,13 @@ def make_human_subject(index: int, atlas: Atlas, seed: int = 0, snr: float = 30.
                        voxel_size: float = 2.0, bvals=(0, 1000, 2000, 3000), n_dirs: int = 32,
                        n_b0: int = 6, n_truth_streamlines: int = 200, n_peaks: int = 3,
                        signal_streamlines: int = 400, storage: str | None = None,
-                       tracking: TrackingSettings | None = None) -> Subject:
+                       pose_angles_deg=None, tracking: TrackingSettings | None = None) -> Subject:
     """Synthesize human-anatomy subject ``index`` (1-based label) in its scanner space.
 
     ``signal_streamlines`` per bundle (at least ``n_truth_streamlines``) shape the fibre
     populations; the first ``n_truth_streamlines`` of them are the ground truth. ``storage``
-    overrides the drawn storage orientation (tests)."""
+    overrides the drawn storage orientation and ``pose_angles_deg`` (about x, y, z) the drawn head
+    rotation (tests, benchmarks); the rest of the subject stays as drawn."""
     tracking = tracking or TrackingSettings()
     names, nb = list(atlas.names), len(atlas.names)
     n_signal = max(int(signal_streamlines), int(n_truth_streamlines))
@@ -277,6 +278,8 @@ def make_human_subject(index: int, atlas: Atlas, seed: int = 0, snr: float = 30.
     anatomy = draw_transform(_rng(seed, index, _STREAM_ANATOMY), nb, brain_pts, box_half=None)
     pose = draw_pose(_rng(seed, index, _STREAM_POSE), brain_pts.mean(0))
     pose.storage = storage or pose.storage
+    if pose_angles_deg is not None:
+        pose.angles_deg = np.asarray(pose_angles_deg, float)
     amap = AtlasToScanner(anatomy, pose)
     shape, affine = scanner_grid(amap.forward(brain_pts), voxel_size, pose.storage)
     nvox = int(np.prod(shape))

@@ -126,3 +126,75 @@ def mean_template(fa_maps, masks, affine, space: str, description: str) -> Model
     mask = np.mean([np.asarray(m, bool) for m in masks], axis=0) >= 0.5
     return ModelTemplate(np.where(mask, fa, 0).astype(np.float32), mask, np.asarray(affine, float),
                          space, description)
+
+
+def model_to_subject(template: ModelTemplate, matrix=None) -> np.ndarray:
+    """4x4 map model coordinates -> subject mm: the template's placement, then the registration
+    ``matrix`` (template mm -> subject mm; identity when the data are already in the template's
+    space)."""
+    reg = np.eye(4) if matrix is None else np.asarray(matrix, float)
+    return reg @ template.model_to_template()
+
+
+# ----------------------------------------------------------------------------- in a checkpoint
+def template_path(checkpoint_path) -> Path:
+    """``<stem>_template.nii.gz`` beside the checkpoint files (either file or their stem)."""
+    from ..io.checkpoint import checkpoint_paths
+
+    weights, _ = checkpoint_paths(checkpoint_path)
+    return weights.with_name(weights.name[: -len(".safetensors")] + TEMPLATE_SUFFIX)
+
+
+def save_model_template(checkpoint_path, template: ModelTemplate) -> dict:
+    """Write the template beside a checkpoint; returns the metadata entry the JSON records."""
+    from ..io.checkpoint import file_sha256
+
+    path = template_path(checkpoint_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.nii.gz")
+    template.save(tmp)
+    tmp.replace(path)
+    return {"file": path.name, "sha256": file_sha256(path), "space": template.space,
+            "description": template.description,
+            "origin_mm": [round(float(v), 4) for v in template.origin]}
+
+
+def load_model_template(checkpoint_path, meta: dict) -> ModelTemplate | None:
+    """The template a checkpoint carries (checksum verified), or None for one without."""
+    from ..io.checkpoint import CheckpointError, file_sha256
+
+    entry = meta.get("template")
+    if not entry:
+        return None
+    path = template_path(checkpoint_path).with_name(entry["file"])
+    if not path.is_file():
+        raise CheckpointError(f"the model's template {path} is missing")
+    digest = file_sha256(path)
+    if digest != entry.get("sha256"):
+        raise CheckpointError(f"the model's template {path} fails its checksum (sha256 "
+                              f"{digest[:12]}…, the checkpoint records "
+                              f"{str(entry.get('sha256'))[:12]}…)")
+    tpl = load_template(path, entry.get("space", "template"), entry.get("description", ""))
+    if tpl.shape != tuple(meta["grid_shape"]) or not np.isclose(tpl.spacing,
+                                                                 float(meta["grid_spacing"])):
+        raise CheckpointError(f"the model's template {path} is a {tpl.shape} grid of "
+                              f"{tpl.spacing:g} mm, not the model's {tuple(meta['grid_shape'])} of "
+                              f"{meta['grid_spacing']} mm")
+    return tpl
+
+
+def subject_map(model_path, xfm_file=None):
+    """Model coordinates -> subject mm for a run: the checkpoint's template placement composed
+    with the registration in ``xfm_file`` (ITK affine; none: the data are in the template's
+    space). None for a checkpoint without a template and no registration (the model grid is the
+    subject's world)."""
+    from ..io.checkpoint import read_checkpoint_metadata
+    from ..model.inference import resolve_model_path
+    from .xfm import read_xfm
+
+    path = resolve_model_path(model_path)
+    template = load_model_template(path, read_checkpoint_metadata(path))
+    matrix = read_xfm(xfm_file) if xfm_file else None
+    if template is None:
+        return matrix
+    return model_to_subject(template, matrix)

@@ -466,3 +466,54 @@ def plot_group_bundle_heatmap(rows: list[dict], path, *, key: str = "f1",
     fig.tight_layout()
     fig.savefig(path, dpi=dpi, facecolor="white")
     return path
+
+
+# -- registration ----------------------------------------------------------------------------
+def plot_registration(fa, affine, template, matrix, path, *, mask=None, step_mm: float = 1.5,
+                      title: str | None = None, dpi: int = 110) -> Path:
+    """PNG of a registration, as fMRIPrep's reports show one: the subject's FA (grey) in three
+    central slices of a RAS+ grid over its brain, with the template's edges drawn on top — the
+    outline of its brain mask (cyan) and its FA = 0.25 contour (yellow, the major white-matter
+    tracts) — mapped into the subject through ``matrix`` (template mm -> subject mm)."""
+    from ..fodf.grid import resample_to_grid
+
+    path = Path(path)
+    fa = np.asarray(fa, np.float32)
+    where = np.argwhere(np.asarray(mask) > 0 if mask is not None else fa > 0)
+    if not len(where):
+        where = np.argwhere(np.ones(fa.shape, bool))
+    pts = where @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    lo, hi = pts.min(0) - 5.0, pts.max(0) + 5.0
+    shape = tuple(int(n) for n in np.ceil((hi - lo) / step_mm).astype(int) + 1)
+    grid = np.diag([step_mm] * 3 + [1.0])
+    grid[:3, 3] = lo
+    sub = resample_to_grid(fa, affine, grid, shape, order=1)
+    to_grid = np.asarray(matrix, float) @ template.affine  # template voxel -> subject mm
+    t_fa = resample_to_grid(template.fa, to_grid, grid, shape, order=1)
+    t_mask = resample_to_grid(template.mask.astype(np.float32), to_grid, grid, shape, order=1)
+    centre = [int(round(c)) for c in (np.asarray(shape) - 1) / 2]
+    fig = _figure((4.2 * 3, 4.6))
+    axes = fig.subplots(1, 3, squeeze=False)[0]
+    for ax, view in zip(axes, ("axial", "coronal", "sagittal")):
+        cut, h_w, v_w = FOD_VIEWS[view]
+        take = lambda v: np.take(v, centre[cut], axis=cut)  # noqa: E731
+        # the slice's axes are (horizontal, vertical) world axes (h_w < v_w): rows = vertical
+        img, tf, tm = take(sub).T, take(t_fa).T, take(t_mask).T
+        ext = (lo[h_w], lo[h_w] + step_mm * (shape[h_w] - 1),
+               lo[v_w], lo[v_w] + step_mm * (shape[v_w] - 1))
+        ax.imshow(img, origin="lower", extent=ext, cmap="gray", vmin=0, vmax=0.8,
+                  interpolation="bilinear")
+        xs = np.linspace(ext[0], ext[1], img.shape[1])
+        ys = np.linspace(ext[2], ext[3], img.shape[0])
+        if np.ptp(tm) > 0:
+            ax.contour(xs, ys, tm, levels=[0.5], colors="cyan", linewidths=0.8)
+        if tf.max() > 0.25:
+            ax.contour(xs, ys, tf, levels=[0.25], colors="yellow", linewidths=0.6)
+        ax.set_title(f"{view}", fontsize=9)
+        ax.set_xlabel(VIEWS[view][2][0])
+        ax.set_ylabel(VIEWS[view][2][1])
+    fig.suptitle(title or "registration to the model's template: subject FA, template edges "
+                 "(cyan: brain outline, yellow: FA 0.25)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    return path

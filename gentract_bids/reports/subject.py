@@ -105,6 +105,37 @@ def find_models(series: dict) -> list[str]:
     return sorted(models, key=lambda m: (m != "gentract", m))
 
 
+def find_registration(output_dir, series: dict) -> dict | None:
+    """The series' registration to the model's template: ``{"meta", "xfm", "figure", "space"}``
+    (None when the series was not registered)."""
+    for side in sorted(series["dir"].glob(f"{series['prefix']}_from-dwi_to-*_mode-image_xfm.json")):
+        if series_entities(side.name) != series["entities"]:
+            continue
+        space = filename_entities(side.name)["to"]
+        from ..io.bids import build_path
+
+        fig = Path(output_dir) / build_path({**series["entities"], "datatype": "figures",
+                                             "space": space, "desc": "registration",
+                                             "suffix": "dwi", "extension": ".png"})
+        return {"meta": json.loads(side.read_text()), "xfm": side.with_suffix(".txt"),
+                "figure": fig if fig.is_file() else None, "space": space}
+    return None
+
+
+def _registration_html(output_dir, reg: dict) -> str:
+    r = reg["meta"].get("Registration", {})
+    rows = [("target", f"{reg['space']} template: {reg['meta'].get('Template', '')}"),
+            ("method", r.get("Method")), ("brain-mask Dice", fmt(r.get("BrainMaskDice"))),
+            ("rotation", f"{fmt(r.get('RotationDegrees'), 1)}°"),
+            ("scales", ", ".join(fmt(v) for v in r.get("Scales", []))),
+            ("translation (mm)", ", ".join(fmt(v, 1) for v in r.get("TranslationMm", []))),
+            ("time", f"{fmt(r.get('Seconds'), 1)} s"), ("transform file", reg["xfm"].name)]
+    out = kv_table(rows)
+    if reg["figure"] is not None:
+        out += img_tag(output_dir, reg["figure"], "registration to the model's template")
+    return out
+
+
 def read_tsv(path) -> list[dict]:
     with Path(path).open(newline="") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
@@ -498,9 +529,11 @@ def write_subject_report(output_dir, subject, *, config: dict | None = None,
         s["trackers"] = [tracker_summary(s, m) for m in find_models(s)]
         s["inputs"] = input_summary(output_dir, s)
         s["fod_figure"] = make_fod_figure(output_dir, s)
+        s["registration"] = find_registration(output_dir, s)
 
     nav = ['<a href="#summary">Summary</a>', '<a href="#inputs">Inputs</a>',
-           '<a href="#fodf">fODF</a>', '<a href="#tractography">Tractography</a>',
+           '<a href="#fodf">fODF</a>', '<a href="#registration">Registration</a>',
+           '<a href="#tractography">Tractography</a>',
            '<a href="#provenance">Provenance</a>', '<a href="#methods">Methods</a>']
     body = [f"<h1>gentract report: sub-{esc(subject)}</h1><nav>{''.join(nav)}</nav>"]
 
@@ -541,6 +574,19 @@ def write_subject_report(output_dir, subject, *, config: dict | None = None,
                     + img_tag(output_dir, s["fod_figure"], "fODF peak directions")
                     + (f'<p class="note">CSD: {fmt(t.get("CSDSeconds"), 1)} s</p>'
                        if t.get("CSDSeconds") else ""))
+    body.append("</section>")
+
+    body.append('<section id="registration"><h2>Registration to the model\'s space</h2>'
+                '<p class="note">The subject\'s FA with the edges of the model\'s template mapped '
+                "into the subject through the estimated affine (cyan: the template's brain "
+                "outline; yellow: its FA 0.25 contour, the major tracts). GenTract samples in "
+                "the template's space; its streamlines are mapped back through this transform."
+                "</p>")
+    for s in series_list:
+        reg = s["registration"]
+        body.append(f"<h3>{esc(s['prefix'])}</h3>"
+                    + (_registration_html(output_dir, reg) if reg else
+                       "<p>not registered (no GenTract run, or --registration none).</p>"))
     body.append("</section>")
 
     body.append('<section id="tractography"><h2>Tractography</h2>')

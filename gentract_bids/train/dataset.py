@@ -199,16 +199,86 @@ def _file_id(path) -> list:
     return [str(Path(path).resolve()), st.st_mtime_ns, st.st_size]
 
 
-def fod_cache_key(source: SubjectSource, cfg) -> str:
-    """Hash of what the canonical fODF depends on: input files (path, mtime, size) + settings."""
+def fod_cache_key(source: SubjectSource, cfg, to_subject=None) -> str:
+    """Hash of what the canonical fODF depends on: input files (path, mtime, size) + settings
+    (+ the map into the model's space, when the subject is registered)."""
     key = {"version": CACHE_VERSION, "settings": _fod_settings(cfg),
            "files": [_file_id(p) for p in (source.dwi, source.bval, source.bvec, source.mask)]}
+    if to_subject is not None:
+        key["to_subject"] = np.round(np.asarray(to_subject, float), 6).tolist()
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _read_subject(source: SubjectSource):
+    """``(dwi, gtab, mask)``: the DWI series and its brain mask (given, or computed)."""
+    from ..fodf.csd import compute_brain_mask, make_gtab
+    from ..io.dwi import read_dwi, read_mask
+
+    dwi = read_dwi(source.dwi, source.bval, source.bvec)
+    gtab = make_gtab(dwi.bvals, dwi.bvecs)
+    if source.mask:
+        mask = read_mask(source.mask, dwi.affine, dwi.data.shape, Path(source.dwi).name)
+    else:
+        mask = compute_brain_mask(dwi.data, gtab)
+    return dwi, gtab, mask
 
 
-def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None):
+def template_key(template) -> str:
+    """A short content hash of a :class:`~gentract_bids.registration.template.ModelTemplate`."""
+    h = hashlib.sha256()
+    for a in (template.fa.astype(np.float32), template.mask.astype(np.uint8),
+              np.asarray(template.affine, np.float64)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:32]
+
+
+def subject_registration(source: SubjectSource, template, cache_dir=None) -> np.ndarray:
+    """The subject registered to ``template`` the way the participant workflow does it (FA of the
+    DWI, :func:`gentract_bids.registration.affine.register_to_template`): the 4x4 matrix
+    template mm -> subject mm. Cached in ``cache_dir/sub-<label>[_ses-<ses>]_reg.npz``."""
+    from ..registration.affine import fa_map, register_to_template
+
+    cache = key = None
+    if cache_dir is not None:
+        name = f"sub-{source.label}" + (f"_ses-{source.session}" if source.session else "")
+        cache = Path(cache_dir) / f"{name}_reg.npz"
+        key = hashlib.sha256(json.dumps(
+            {"files": [_file_id(p) for p in (source.dwi, source.bval, source.bvec, source.mask)],
+             "template": template_key(template)}, sort_keys=True).encode()).hexdigest()[:32]
+        if cache.is_file():
+            try:
+                with np.load(cache) as z:
+                    if str(z["key"]) == key:
+                        return np.asarray(z["matrix"], float)
+            except (OSError, KeyError, ValueError) as err:
+                LOG.warning("unreadable cache %s (%s); recomputing", cache, err)
+    dwi, _, mask = _read_subject(source)
+    fa = fa_map(dwi.data, dwi.bvals, dwi.bvecs, mask)
+    reg = register_to_template(fa, dwi.affine, mask, template, name=f"sub-{source.label}")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + f".{os.getpid()}.partial.npz")
+        np.savez(tmp, matrix=reg.matrix, dice=reg.dice, key=np.array(key))
+        os.replace(tmp, cache)
+    return reg.matrix
+
+
+def subject_fa(source: SubjectSource, spacing, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The subject's FA and brain mask on the canonical grid, placed as they are (no
+    registration): what a cohort template averages."""
+    from ..fodf.grid import canonical_grid, resample_to_grid
+    from ..registration.affine import fa_map
+
+    dwi, _, mask = _read_subject(source)
+    fa = fa_map(dwi.data, dwi.bvals, dwi.bvecs, mask)
+    affine, shape = canonical_grid(spacing, shape)
+    return (resample_to_grid(fa, dwi.affine, affine, shape, order=1),
+            resample_to_grid(mask.astype(np.uint8), dwi.affine, affine, shape, order=0) > 0)
+
+
+
+
+def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None, to_subject=None):
     """The subject's raw (not z-scored) fODF on the canonical grid.
 
     ``read_dwi`` -> brain mask (``source.mask`` if given, else ``compute_brain_mask``) ->
@@ -216,19 +286,19 @@ def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None):
     (:func:`fodf.rotation.sh_to_world_frame`: a no-op for RAS+ axis-aligned data such as the
     phantom) -> ``resample_to_grid`` onto ``canonical_grid`` (trilinear for the SH, nearest for the
     mask). With ``cache_dir`` the result is stored in ``cache_dir/sub-<label>[_ses-<ses>]_fod.npz``
-    with :func:`fod_cache_key`; a later call with the same inputs loads it.
+    with :func:`fod_cache_key`; a later call with the same inputs loads it. ``to_subject``: the
+    map model coordinates -> subject mm of a registered subject (:func:`fodf.grid.to_canonical`).
 
     Returns ``(sh float32 (X, Y, Z, m), mask bool (X, Y, Z), affine (4, 4))``."""
-    from ..fodf.csd import compute_brain_mask, fit_csd, make_gtab
+    from ..fodf.csd import fit_csd
     from ..fodf.grid import to_canonical
-    from ..io.dwi import read_dwi, read_mask
 
     st = _fod_settings(cfg)
     cache = None
     if cache_dir is not None:
         name = f"sub-{source.label}" + (f"_ses-{source.session}" if source.session else "")
         cache = Path(cache_dir) / f"{name}_fod.npz"
-        key = fod_cache_key(source, cfg)
+        key = fod_cache_key(source, cfg, to_subject)
         if cache.is_file():
             try:
                 with np.load(cache) as z:
@@ -238,15 +308,10 @@ def compute_canonical_fod(source: SubjectSource, cfg=None, cache_dir=None):
             except (OSError, KeyError, ValueError) as err:
                 LOG.warning("unreadable cache %s (%s); recomputing", cache, err)
     t0 = time.perf_counter()
-    dwi = read_dwi(source.dwi, source.bval, source.bvec)
-    gtab = make_gtab(dwi.bvals, dwi.bvecs)
-    if source.mask:
-        mask = read_mask(source.mask, dwi.affine, dwi.data.shape, Path(source.dwi).name)
-    else:
-        mask = compute_brain_mask(dwi.data, gtab)
+    dwi, gtab, mask = _read_subject(source)
     sh, _ = fit_csd(dwi.data, gtab, mask, sh_order=st["sh_order"], method=st["csd_method"])
     sh_c, mask_c, affine = to_canonical(sh, dwi.affine, mask, spacing=st["grid_spacing"],
-                                        shape=st["grid_shape"])
+                                        shape=st["grid_shape"], to_subject=to_subject)
     LOG.info("sub-%s: fODF on the canonical grid in %.1f s", source.label,
              time.perf_counter() - t0)
     if cache is not None:
@@ -285,18 +350,46 @@ class PreparedSubject:
 
 
 def prepare_subject(source: SubjectSource, cfg=None, n_points: int = 32,
-                    cache_dir=None) -> PreparedSubject:
-    """fODF on the canonical grid (cached) + the reference streamlines resampled to ``n_points``."""
-    sh, mask, affine = compute_canonical_fod(source, cfg, cache_dir)
-    sl = resample_streamlines(load_reference(source.references), n_points)
+                    cache_dir=None, template=None) -> PreparedSubject:
+    """fODF on the canonical grid (cached) + the reference streamlines resampled to ``n_points``.
+
+    With ``template`` (a :class:`~gentract_bids.registration.template.ModelTemplate`) the
+    subject is registered to it first (:func:`subject_registration`, cached): the fODF is
+    resampled through the registration and the streamlines are mapped into model coordinates
+    with its inverse, so a cohort in scanner space trains a model in the template's space."""
+    to_subject = None
+    if template is not None:
+        from ..registration.template import model_to_subject
+
+        to_subject = model_to_subject(template, subject_registration(source, template, cache_dir))
+    sh, mask, affine = compute_canonical_fod(source, cfg, cache_dir, to_subject=to_subject)
+    streamlines = load_reference(source.references)
+    if to_subject is not None:
+        from ..registration.xfm import apply_to_points
+
+        streamlines = apply_to_points(np.linalg.inv(to_subject), streamlines)
+    sl = resample_streamlines(streamlines, n_points)
     if len(sl) == 0:
         raise BadDataError(f"sub-{source.label}: the reference tractogram has no streamline")
     return PreparedSubject(source.label, sh, mask, sl, affine)
 
 
-def prepare_subjects(sources, cfg=None, n_points: int = 32, cache_dir=None) -> list:
-    """:func:`prepare_subject` for every source, in order."""
-    return [prepare_subject(s, cfg, n_points, cache_dir) for s in sources]
+def prepare_subjects(sources, cfg=None, n_points: int = 32, cache_dir=None,
+                     template=None, workers: int = 1) -> list:
+    """:func:`prepare_subject` for every source, in order; with ``workers`` > 1 that many
+    subjects at once in separate processes (CSD and the registration are single-threaded for the
+    most part: on 2 cores, 2 workers halve the wall time). The results do not depend on it."""
+    sources = list(sources)
+    if workers <= 1 or len(sources) <= 1:
+        return [prepare_subject(s, cfg, n_points, cache_dir, template) for s in sources]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(sources)),
+                             mp_context=mp.get_context("forkserver")) as pool:
+        futures = [pool.submit(prepare_subject, s, cfg, n_points, cache_dir, template)
+                   for s in sources]
+        return [f.result() for f in futures]
 
 
 # ----------------------------------------------------------------------------- split

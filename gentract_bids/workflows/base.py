@@ -7,10 +7,10 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..config import Config
-from ..interfaces.bids import CommitDerivatives
+from ..interfaces.bids import CommitDerivatives, StageRegistration
 from ..io.bids import DWIInput, check_distinct_series
 from .evaluation import EVAL_FIELDS, init_evaluation_wf
-from .fodf import init_fodf_wf
+from .fodf import REGISTRATION_FIELDS, init_fodf_wf
 from .outputs import FODF_FIELDS, init_fodf_derivatives_wf, init_tractography_derivatives_wf
 from .tractography import TRACKERS, init_baseline_tracking_wf, init_gentract_tractography_wf
 
@@ -65,6 +65,9 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     name = series_id(item)
     ex, wcfg, ev = config.execution, config.workflow, config.evaluation
     wf = pe.Workflow(name=f"{name}_wf")
+    # the model's space is needed by GenTract and by recognition with a template-space atlas
+    in_model_space = "gentract" in wcfg.trackers or bool(getattr(ev, "bundle_atlas", None))
+    registered = in_model_space and wcfg.registration == "affine"
     fodf_wf = init_fodf_wf(
         sh_order=wcfg.sh_order,
         csd_method=wcfg.csd_method,
@@ -74,6 +77,10 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         use_given_mask=item.mask is not None,
         # GenTract reads the canonical fODF z-scored with its checkpoint's statistics
         stats_file=_model_json(config) if "gentract" in wcfg.trackers else None,
+        model_path=str(config.model.path) if in_model_space else None,
+        registration=wcfg.registration,
+        min_dice=wcfg.min_registration_dice,
+        label=item.label,
         omp_nthreads=ex.omp_nthreads,
     )
     fodf_wf.inputs.inputnode.dwi_file = item.dwi
@@ -90,13 +97,25 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     wf.connect([(fodf_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in FODF_FIELDS])])
 
     trackers = wcfg.trackers
-    gather = pe.Node(niu.Merge(1 + len(trackers)), name="gather")
+    gather = pe.Node(niu.Merge(2 + len(trackers)), name="gather")
     commit = pe.Node(CommitDerivatives(staging_dir=staging, output_dir=str(ex.output_dir)),
                      name="commit")
     wf.connect([
         (ds_wf, gather, [("outputnode.out_files", "in1")]),
         (gather, commit, [("out", "in_files")]),
     ])  # fmt: skip
+    if registered:
+        ds_reg = pe.Node(StageRegistration(staging_dir=staging, base_entities=item.series_entities,
+                                           provenance=provenance),
+                         name="ds_registration", run_without_submitting=True)
+        wf.connect([
+            (fodf_wf, ds_reg, [("outputnode.xfm_file", "xfm_file"),
+                               ("outputnode.registration_metadata", "metadata"),
+                               ("outputnode.fa_file", "fa_file"),
+                               ("outputnode.registration_figure", "figure"),
+                               ("outputnode.template_space", "space")]),
+            (ds_reg, gather, [("out_files", "in2")]),
+        ])  # fmt: skip
     if not trackers:
         return wf
 
@@ -104,7 +123,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     tdir = truth_dir(config)
     tissue = _tissue_maps(tdir, item.subject)
     base_entities = item.series_entities
-    for k, tracker in enumerate(trackers, start=2):
+    for k, tracker in enumerate(trackers, start=3):
         model = TRACKERS[tracker][0]
         track_wf = _tracking_wf(config, tracker, device, use_tissue_maps=tissue is not None)
         for field, value in {"dwi_file": item.dwi, "bval_file": item.bval,
@@ -132,6 +151,10 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
             (eval_wf, out_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in EVAL_FIELDS]),
             (out_wf, gather, [("outputnode.out_files", f"in{k}")]),
         ])  # fmt: skip
+        if registered and tracker == "gentract":
+            wf.connect(fodf_wf, "outputnode.xfm_file", track_wf, "inputnode.xfm_file")
+        if registered and hasattr(eval_wf.inputs.inputnode, "xfm_file"):
+            wf.connect(fodf_wf, "outputnode.xfm_file", eval_wf, "inputnode.xfm_file")
     return wf
 
 
@@ -144,6 +167,7 @@ def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: boo
             n_streamlines=wcfg.n_streamlines, sampler=mcfg.sampler, steps=mcfg.steps,
             batch_size=mcfg.batch_size, seed=config.seeds.torch % (2**63), device=device,
             output_format=wcfg.output_format, support_threshold=mcfg.support_threshold,
+            registered=wcfg.registration == "affine",
         )
     return init_baseline_tracking_wf(
         tracker=tracker, n_streamlines=wcfg.n_streamlines, sift_factor=wcfg.sift_factor,

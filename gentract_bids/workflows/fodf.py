@@ -4,6 +4,10 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.fodf import BrainMask, CanonicalFOD, ExportFOD, FitCSD
+from ..interfaces.registration import RegisterToTemplate
+
+REGISTRATION_FIELDS = ("xfm_file", "registration_metadata", "fa_file", "registration_figure",
+                       "template_space")
 
 
 def init_fodf_wf(
@@ -15,6 +19,10 @@ def init_fodf_wf(
     grid_shape: tuple[int, int, int] = (80, 96, 80),
     use_given_mask: bool = False,
     stats_file: str | None = None,
+    model_path: str | None = None,
+    registration: str = "affine",
+    min_dice: float = 0.75,
+    label: str = "the series",
     omp_nthreads: int = 1,
     name: str = "fodf_wf",
 ):
@@ -30,7 +38,11 @@ def init_fodf_wf(
     ``fod_response``/``response_metadata`` (the MRtrix3 response file; single-shell CSD only),
     ``canonical_fod``/``canonical_mask``/``canonical_metadata`` (z-scored coefficients on the
     canonical ``grid_spacing`` grid; z-scored with ``stats_file`` when given, else the subject's own
-    statistics).
+    statistics). With ``model_path`` the canonical grid is the model's, placed by its template;
+    with ``registration="affine"`` the series is first registered to that template
+    (:mod:`gentract_bids.registration`) and ``xfm_file`` (ITK affine, template mm -> subject mm),
+    ``registration_metadata``, ``fa_file``, ``registration_figure`` and ``template_space`` are
+    set; ``"none"`` takes the data to be in the template's space already.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -41,7 +53,8 @@ def init_fodf_wf(
         niu.IdentityInterface(
             fields=["mask_file", "mask_metadata", "fod_file", "fod_derivative", "fod_metadata",
                     "fod_response", "response_metadata",
-                    "canonical_fod", "canonical_mask", "canonical_metadata"]
+                    "canonical_fod", "canonical_mask", "canonical_metadata",
+                    *REGISTRATION_FIELDS]
         ),
         name="outputnode",
     )
@@ -57,6 +70,8 @@ def init_fodf_wf(
     )
     if stats_file:
         canonical.inputs.stats_file = stats_file
+    if model_path:
+        canonical.inputs.model_path = str(model_path)
 
     dwi_fields = ("dwi_file", "bval_file", "bvec_file")
     wf.connect([
@@ -77,4 +92,16 @@ def init_fodf_wf(
     ])  # fmt: skip
     if use_given_mask:
         wf.connect(inputnode, "in_mask", mask, "in_mask")
+    if model_path and registration == "affine":
+        register = pe.Node(RegisterToTemplate(model_path=str(model_path), min_dice=min_dice,
+                                              label=label),
+                           name="register", n_procs=omp_nthreads)
+        wf.connect([
+            (inputnode, register, [(f, f) for f in dwi_fields]),
+            (mask, register, [("out_mask", "mask_file")]),
+            (register, canonical, [("xfm_file", "xfm_file")]),
+            (register, outputnode, [("xfm_file", "xfm_file"), ("metadata", "registration_metadata"),
+                                    ("fa_file", "fa_file"), ("figure", "registration_figure"),
+                                    ("space", "template_space")]),
+        ])  # fmt: skip
     return wf

@@ -9,7 +9,7 @@ from ..interfaces.gentract import GenTractSample
 from ..interfaces.tracking import DipyTrack, MRtrixTrack
 
 TRACKING_INPUTS = ["dwi_file", "bval_file", "bvec_file", "mask_file", "fod_file", "canonical_fod",
-                   "canonical_mask", "wm_pve_file", "gm_pve_file", "csf_pve_file"]
+                   "canonical_mask", "xfm_file", "wm_pve_file", "gm_pve_file", "csf_pve_file"]
 
 # tracker name (CLI) -> (model entity of its derivatives, how it runs)
 TRACKERS = {
@@ -83,6 +83,7 @@ def init_gentract_tractography_wf(
     device: str = "cpu",
     output_format: str = "trx",
     support_threshold: float | None = None,
+    registered: bool = False,
     name: str = "track_gentract_wf",
 ):
     """GenTract: encode the subject's context once, sample ``n_streamlines`` whole streamlines.
@@ -107,6 +108,8 @@ def init_gentract_tractography_wf(
     links = [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]
     if support_threshold:
         links.append(("canonical_mask", "canonical_mask"))
+    if registered:
+        links.append(("xfm_file", "xfm_file"))
     wf.connect([
         (inputnode, sample, links),
         (sample, outputnode, [("out_file", "tractogram"), ("metadata", "metadata")]),
