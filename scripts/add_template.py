@@ -6,7 +6,8 @@
 Builds the cohort template of ``gentract-train``'s recipe key ``data.template: cohort`` (the mean
 FA of the checkpoint's training subjects, as they are placed) from the BIDS dataset the model was
 trained on (``gentract-phantom /tmp/train16 --n-subjects 16 --seed 0`` for the shipped tube model),
-writes ``<stem>_template.nii.gz`` and records it in ``<stem>.json``. The weights are not touched.
+writes ``<stem>_template.nii.gz`` and records it in ``<stem>.json`` (sealing the JSON with its
+checksum). The weights are not touched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from gentract_bids.cli.train import model_template
-from gentract_bids.io.checkpoint import checkpoint_paths, read_checkpoint_metadata
+from gentract_bids.io.checkpoint import checkpoint_paths, read_checkpoint_metadata, seal_metadata
 from gentract_bids.registration.template import save_model_template
 from gentract_bids.train.dataset import discover_subjects
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
                         "registered_training": False}
     _, meta_path = checkpoint_paths(opts.checkpoint)
     tmp = meta_path.with_name(meta_path.name + ".partial")
-    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.write_text(json.dumps(seal_metadata(meta), indent=1))
     os.replace(tmp, meta_path)
     print(json.dumps(meta["template"], indent=1))
     return 0

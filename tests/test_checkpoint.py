@@ -124,21 +124,23 @@ def test_missing_or_invalid_json_is_refused(saved):
 
 
 def test_state_dict_not_matching_config_is_refused(saved):
+    from gentract_bids.io.checkpoint import seal_metadata
+
     _, path = saved
     jpath = path.with_suffix(".json")
     meta = json.loads(jpath.read_text())
     meta["model_config"]["transformer"]["depth"] = 3  # one layer more than the weights hold
-    jpath.write_text(json.dumps(meta))
+    jpath.write_text(json.dumps(seal_metadata(meta)))  # re-sealed: the deeper checks
     with pytest.raises(CheckpointError, match="do not match its model_config") as err:
         load_checkpoint(path)
     assert "missing" in str(err.value)
     meta["model_config"]["transformer"]["depth"] = 2
     meta["model_config"]["encoder"]["out_channels"] = 3  # wrong shapes
-    jpath.write_text(json.dumps(meta))
+    jpath.write_text(json.dumps(seal_metadata(meta)))  # re-sealed: the deeper checks
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_checkpoint(path)
     meta["model_config"]["objective"] = "gan"
-    jpath.write_text(json.dumps(meta))
+    jpath.write_text(json.dumps(seal_metadata(meta)))  # re-sealed: the deeper checks
     with pytest.raises(CheckpointError, match="invalid model_config"):
         load_checkpoint(path)
 
@@ -154,6 +156,8 @@ class _Payload:
 
 
 def test_pickle_renamed_safetensors_is_not_executed(saved, tmp_path):
+    from gentract_bids.io.checkpoint import seal_metadata
+
     _, path = saved
     marker = tmp_path / "pwned"
     path.write_bytes(pickle.dumps({"weights": _Payload(marker)}))
@@ -161,7 +165,7 @@ def test_pickle_renamed_safetensors_is_not_executed(saved, tmp_path):
     jpath = path.with_suffix(".json")
     meta = json.loads(jpath.read_text())
     meta["sha256"] = file_sha256(path)
-    jpath.write_text(json.dumps(meta))
+    jpath.write_text(json.dumps(seal_metadata(meta)))
     with pytest.raises(CheckpointError, match="not a valid safetensors file") as err:
         load_checkpoint(path)
     assert str(path) in str(err.value)
@@ -169,6 +173,56 @@ def test_pickle_renamed_safetensors_is_not_executed(saved, tmp_path):
     # a torch.save() zip archive is refused the same way
     torch.save({"w": torch.zeros(2)}, path)
     meta["sha256"] = file_sha256(path)
-    jpath.write_text(json.dumps(meta))
+    jpath.write_text(json.dumps(seal_metadata(meta)))
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("edit", ["zscore", "coord_bounds", "grid_spacing"])
+def test_edited_metadata_is_refused(saved, edit):
+    """The checksum covers the JSON too: an edited statistic or bound is refused (it used to be
+    accepted and then crash, or quietly drop streamlines)."""
+    _, path = saved
+    jpath = path.with_suffix(".json")
+    meta = json.loads(jpath.read_text())
+    assert len(meta["metadata_sha256"]) == 64
+    if edit == "zscore":
+        meta["zscore"]["mean"][3] += 0.5
+    elif edit == "coord_bounds":
+        meta["coord_bounds"]["hi"][1] = 20.0
+    else:
+        meta["grid_spacing"] = 2.0
+    jpath.write_text(json.dumps(meta, indent=4))
+    with pytest.raises(CheckpointError, match="modified"):
+        read_checkpoint_metadata(path)
+    with pytest.raises(CheckpointError, match="modified"):
+        load_checkpoint(path)
+
+
+def test_reindented_metadata_still_loads(saved):
+    _, path = saved
+    jpath = path.with_suffix(".json")
+    jpath.write_text(json.dumps(json.loads(jpath.read_text()), indent=None))
+    load_checkpoint(path)
+
+
+def test_shipped_checksums_are_pinned(tmp_path, monkeypatch):
+    import shutil
+
+    from gentract_bids.io.checkpoint import seal_metadata
+    from gentract_bids.model import inference
+
+    for stem, pinned in inference.SHIPPED_CHECKSUMS.items():
+        meta = read_checkpoint_metadata(inference.SHIPPED_MODELS_DIR / stem)
+        assert meta["metadata_sha256"] == pinned, f"update SHIPPED_CHECKSUMS[{stem!r}]"
+    # a shipped JSON edited and re-sealed (checksum recomputed) is still refused
+    fake = tmp_path / "models"
+    shutil.copytree(inference.SHIPPED_MODELS_DIR, fake)
+    jpath = fake / "gentract_phantom.json"
+    meta = json.loads(jpath.read_text())
+    meta["zscore"]["std"][0] *= 2
+    jpath.write_text(json.dumps(seal_metadata(meta)))
+    read_checkpoint_metadata(fake / "gentract_phantom")  # consistent in itself
+    monkeypatch.setattr(inference, "SHIPPED_MODELS_DIR", fake)
+    with pytest.raises(CheckpointError, match="not the one released"):
+        inference.load_model(fake / "gentract_phantom")

@@ -57,7 +57,7 @@ def resample_to_grid(volume, affine_in, affine_out, shape_out, order=1):
 
 
 def to_canonical(sh, sh_affine, mask, mask_affine=None, spacing=CANONICAL_SPACING,
-                 shape=CANONICAL_SHAPE, to_subject=None):
+                 shape=CANONICAL_SHAPE, to_subject=None, reorient: bool = True):
     """A subject's SH coefficients (X, Y, Z, m) in its voxel frame -> the canonical grid.
 
     Coefficients are re-expressed in the RAS+ world frame (:func:`fodf.rotation.sh_to_world_frame`,
@@ -70,7 +70,8 @@ def to_canonical(sh, sh_affine, mask, mask_affine=None, spacing=CANONICAL_SPACIN
     :func:`gentract_bids.registration.template.model_to_subject`): canonical voxel ``v`` takes the
     subject's fODF at ``to_subject @ affine @ v``, reoriented by the rotation part of the inverse
     map (finite strain), so that a fibre along ``d`` in the subject points along
-    ``U d``, ``U`` the rotation of ``inverse(to_subject)``, on the grid. Returns
+    ``U d``, ``U`` the rotation of ``inverse(to_subject)``, on the grid (``reorient=False``
+    skips that, for diagnostics). Returns
     ``(sh float32 (X', Y', Z', m), mask bool (X', Y', Z'), affine)`` (``affine``: the canonical
     grid in model coordinates)."""
     from .rotation import orthonormal_part, rotate_sh_coefficients, sh_to_world_frame
@@ -81,7 +82,7 @@ def to_canonical(sh, sh_affine, mask, mask_affine=None, spacing=CANONICAL_SPACIN
     mask_c = resample_to_grid(np.asarray(mask).astype(np.uint8), m_aff, sample, shape, order=0) > 0
     sh_c = resample_to_grid(sh_to_world_frame(np.asarray(sh), sh_affine), sh_affine, sample, shape,
                             order=1)
-    if to_subject is not None:
+    if to_subject is not None and reorient:
         U = orthonormal_part(np.linalg.inv(np.asarray(to_subject, float)[:3, :3]))
         if not np.allclose(U, np.eye(3), atol=1e-9):
             sh_c[mask_c] = rotate_sh_coefficients(sh_c[mask_c], U)

@@ -2,7 +2,9 @@
 
 The JSON records the full model configuration, what the model expects of its input (SH order and
 basis, canonical grid, z-scoring statistics, coordinate bounds, points per streamline), the caller's
-provenance and the SHA-256 of the weights file. Loading recomputes the checksum and never unpickles:
+provenance and the SHA-256 of the weights file, and ``metadata_sha256``, the SHA-256 of the JSON
+itself (every other key, serialised canonically), so that an edited statistic or bound is caught
+as surely as edited weights. Loading recomputes both checksums and never unpickles:
 weights are read with ``safetensors`` only. Every failure is a one-line :class:`CheckpointError`
 naming the file.
 """
@@ -24,7 +26,22 @@ from ..fodf.csd import SH_BASIS
 FORMAT = "gentract-checkpoint-v1"
 SUFFIXES = (".safetensors", ".json")
 COMPUTED = ("format", "weights", "model_config", "sh_order", "sh_basis", "legacy_basis",
-            "grid_spacing", "grid_shape", "n_points", "sha256")
+            "grid_spacing", "grid_shape", "n_points", "sha256", "metadata_sha256")
+
+
+def metadata_checksum(meta: dict) -> str:
+    """SHA-256 of a checkpoint's metadata without its ``metadata_sha256`` key (sorted keys,
+    compact separators: independent of the file's indentation)."""
+    body = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
+def seal_metadata(meta: dict) -> dict:
+    """``meta`` with its ``metadata_sha256`` (over the JSON-able form) filled in."""
+    meta = _jsonable(meta)
+    meta["metadata_sha256"] = metadata_checksum(meta)
+    return meta
 
 
 def checkpoint_paths(path) -> tuple[Path, Path]:
@@ -100,7 +117,7 @@ def save_checkpoint(path, model, metadata: dict) -> Path:
         "sha256": file_sha256(weights),
     }
     jtmp = meta_path.with_name(meta_path.name + ".partial")
-    jtmp.write_text(json.dumps(_jsonable(meta), indent=1))
+    jtmp.write_text(json.dumps(seal_metadata(meta), indent=1))
     os.replace(jtmp, meta_path)
     return weights
 
@@ -121,6 +138,9 @@ def read_checkpoint_metadata(path) -> dict:
     missing = [k for k in ("model_config", "sha256") if k not in meta]
     if missing:
         raise CheckpointError(f"checkpoint metadata {meta_path} lacks {', '.join(missing)}")
+    if "metadata_sha256" in meta and meta["metadata_sha256"] != metadata_checksum(meta):
+        raise CheckpointError(f"checkpoint metadata {meta_path} fails its checksum: the JSON was "
+                              "modified after the checkpoint was written")
     return meta
 
 

@@ -32,7 +32,13 @@ from ..fodf.csd import SH_BASIS
 from ..io.checkpoint import load_checkpoint
 from .gentract import SAMPLERS, CoordinateScaler
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "data" / "models" / "gentract_phantom"
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
+SHIPPED_MODEL = SHIPPED_MODELS_DIR / "gentract_phantom"
+# metadata_sha256 of each shipped checkpoint: its JSON records the weights' and the template's
+# sha256, so this pins all three files (an edited JSON whose checksum was recomputed is caught too)
+SHIPPED_CHECKSUMS = {
+    "gentract_phantom": "6103f5b30e61cf1e7b1c8ca6383ec030392d28e3c22a8da4e69befeb5df910ab",
+}
 OUTPUT_FORMATS = ("trx", "tck", "trk")
 LOG = logging.getLogger("gentract.inference")
 PROGRESS_SECONDS = 30.0  # a progress line at least this often, and every 10 % kept
@@ -51,12 +57,28 @@ def load_model(path=None, device: str = "cpu", expected_sha256: str | None = Non
     """``(GenTract, metadata)`` of the checkpoint at ``path`` (default: the shipped model)."""
     path = resolve_model_path(path)
     try:
+        _check_shipped(path)
         return load_checkpoint(path, device=device, expected_sha256=expected_sha256)
     except CheckpointError as err:
         if path == SHIPPED_MODEL:
             raise CheckpointError(f"the shipped model is unusable ({err}); reinstall gentract or "
                                   "give a checkpoint with --model") from None
         raise
+
+
+def _check_shipped(path: Path) -> None:
+    """A shipped checkpoint must carry the metadata checksum pinned in :data:`SHIPPED_CHECKSUMS`."""
+    from ..io.checkpoint import checkpoint_paths, read_checkpoint_metadata
+
+    weights, _ = checkpoint_paths(path)
+    stem = weights.name[: -len(".safetensors")]
+    if weights.parent.resolve() != SHIPPED_MODELS_DIR.resolve() or stem not in SHIPPED_CHECKSUMS:
+        return
+    got = read_checkpoint_metadata(path).get("metadata_sha256")
+    if got != SHIPPED_CHECKSUMS[stem]:
+        raise CheckpointError(f"the shipped checkpoint {stem}.json is not the one released with "
+                              f"this version (metadata sha256 {str(got)[:12]}…, expected "
+                              f"{SHIPPED_CHECKSUMS[stem][:12]}…)")
 
 
 def model_sampler(meta: dict) -> str:
