@@ -95,10 +95,16 @@ def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=Non
     ``zero`` (an all-zero z-scored volume: no anatomy at all). ``sha256``: refuse another
     checkpoint than the one the run's cache key names. ``support_threshold``: the app's fODF
     support filter (:mod:`gentract_bids.model.support`), always with the subject's *own* fODF,
-    whatever the context; None or 0: off (every sampled streamline is scored)."""
+    whatever the context; None or 0: off (every sampled streamline is scored). A model with a
+    template (its space) gets every subject registered to it first, as the app does it
+    (:func:`gentract_bids.train.dataset.subject_registration`: FA, affine, cached beside the
+    cohort), and the streamlines mapped back through it."""
     from gentract_bids.fodf.grid import to_canonical, zscore
     from gentract_bids.io.tractogram import load_tractogram
-    from gentract_bids.model.inference import fod_support, load_model, sample_tractogram
+    from gentract_bids.model.inference import (fod_support, load_model, resolve_model_path,
+                                               sample_tractogram)
+    from gentract_bids.registration.template import load_model_template, model_to_subject
+    from gentract_bids.train.dataset import SubjectSource, subject_registration
 
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
@@ -106,14 +112,27 @@ def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=Non
     cfg = net.config
     mean, std = np.asarray(meta["zscore"]["mean"]), np.asarray(meta["zscore"]["std"])
 
-    def canonical(sh_file, mask_file):
+    template = load_model_template(resolve_model_path(model), meta)
+
+    def to_subject_of(files: dict, label: str):
+        if template is None:
+            return None
+        source = SubjectSource(label, files["dwi"], files["bval"], files["bvec"], files["mask"], [])
+        cache = Path(inputs.cohort_root).parent / "registration" / Path(inputs.cohort_root).name
+        return model_to_subject(template, subject_registration(source, template, cache))
+
+    def canonical(sh_file, mask_file, to_subject):
         sh, affine = _load(sh_file)
         mask, mask_affine = _load(mask_file)
         sh_c, mask_c, affine_c = to_canonical(sh, affine, mask > 0, mask_affine,
-                                              cfg.grid_spacing, cfg.grid_shape)
+                                              cfg.grid_spacing, cfg.grid_shape,
+                                              to_subject=to_subject)
         return zscore(sh_c, mean, std, mask_c), mask_c, affine_c, mask_affine, mask.shape[:3]
 
-    own, own_mask, affine_c, mask_affine, mask_shape = canonical(inputs.dipy_sh, inputs.mask)
+    own_map = to_subject_of({"dwi": inputs.dwi, "bval": inputs.bval, "bvec": inputs.bvec,
+                             "mask": inputs.mask}, inputs.subject)
+    own, own_mask, affine_c, mask_affine, mask_shape = canonical(inputs.dipy_sh, inputs.mask,
+                                                                 own_map)
     support = (fod_support(meta, own, own_mask, affine_c, threshold=support_threshold)
                if support_threshold else None)
     z = own
@@ -122,14 +141,15 @@ def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=Non
         other = labels[(labels.index(inputs.subject) + 1) % len(labels)]
         if other == inputs.subject:
             raise ValueError("the 'other' context needs a cohort of at least 2 subjects")
+        files = subject_files(Path(inputs.cohort_root), other)
         z = canonical(inputs.dipy_sh.replace(f"sub-{inputs.subject}", f"sub-{other}"),
-                      subject_files(Path(inputs.cohort_root), other)["mask"])[0]
+                      files["mask"], to_subject_of(files, other))[0]
     if context == "zero":
         z = np.zeros_like(z)
     out = Path(workdir) / "gentract_raw.trx"
     info = sample_tractogram(net, meta, z, out, n_streamlines=n_streamlines, steps=steps,
                              seed=seed, ref_affine=mask_affine, ref_shape=mask_shape,
-                             support=support)
+                             support=support, to_subject=own_map)
     streamlines, _ = load_tractogram(out)
     out.unlink()
     return list(streamlines), {
