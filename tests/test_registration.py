@@ -230,3 +230,38 @@ def test_human_phantom_comes_into_the_model_space_aligned(tmp_path):
     print(f"median tangent-peak angle: {aligned:.1f} deg reoriented, {plain:.1f} deg not")
     assert aligned < 12.0
     assert plain > aligned + 5.0
+
+
+def test_mrtrix_reads_the_transform_as_written(tmp_path):
+    """MRtrix3's own ITK import (a reader nobody here wrote) gives back the RAS matrix."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("transformconvert"):
+        pytest.skip("MRtrix3 is not installed")
+    m = _affine(axis_rotation("y", -14) @ axis_rotation("z", 9), (-23.0, 8.5, 12.0), 0.95)
+    write_xfm(tmp_path / "x.txt", m)
+    subprocess.run(["transformconvert", str(tmp_path / "x.txt"), "itk_import",
+                    str(tmp_path / "mrtrix.txt"), "-quiet", "-force"], check=True)
+    rows = [r for r in (tmp_path / "mrtrix.txt").read_text().splitlines() if not r.startswith("#")]
+    got = np.array([[float(v) for v in r.split()] for r in rows if r.strip()])
+    assert np.allclose(got[:3], m[:3], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_failed_registration_stops_the_series_cleanly(tmp_path, capsys):
+    """A registration below the overlap threshold: exit 1, one readable line naming the series,
+    the template and the Dice, and nothing of the series in the output."""
+    from gentract_bids.cli.run import main
+    from gentract_bids.phantom.cohort import make_cohort
+
+    bids = make_cohort(tmp_path / "bids", n_subjects=1, seed=3, voxel_size=4.0, n_dirs=30)
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--n-streamlines", "50", "--min-registration-dice", "0.999"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "registration to the model's phantomTubes template failed" in err
+    assert "Dice" in err and "sub-01" in err
+    assert "Traceback" not in err
+    assert not list(out.glob("sub-01/**/*.*")) if out.exists() else True

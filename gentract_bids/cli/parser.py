@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file format of the whole-brain tractograms")
     g = p.add_argument_group("GenTract model")
     g.add_argument("--model", type=Path, default=None,
-                   help="GenTract checkpoint (.safetensors, .json or their stem); default: the "
-                        "shipped model, trained on synthetic phantoms only")
+                   help="GenTract checkpoint (.safetensors, .json or their stem), or the name of "
+                        "a shipped one (gentract_phantom: tube phantoms); default: the shipped "
+                        "gentract_phantom, trained on synthetic phantoms only")
     g.add_argument("--sampler", choices=("ddim", "flow"), default=None,
                    help="ddim for diffusion-trained models, flow (ODE) for flow-matching ones "
                         "(default: the one that fits the model)")
@@ -213,7 +214,7 @@ def _model_section(opts, check: bool) -> Model:
     refuse one that does not fit the fODFs this run makes, before anything is written."""
     from ..model.inference import check_compatible, load_model, resolve_model_path
 
-    path = resolve_model_path(opts.model.resolve() if opts.model else None)
+    path = resolve_model_path(opts.model).resolve()  # a path, or a shipped model's name
     model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size,
                   support_threshold=opts.support_threshold or None)
     if check:

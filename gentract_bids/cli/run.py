@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..config import Config, resolve_device
@@ -163,6 +164,22 @@ def write_reports(config: Config, subjects, command: str | None = None) -> bool:
     return ok
 
 
+def crash_reasons(crash_dir: Path, since: float = 0.0) -> list[str]:
+    """One line per nipype crash file written after ``since``: the failed node and the last line
+    of its traceback (the exception and its message), e.g. a failed registration."""
+    out = []
+    for path in sorted(Path(crash_dir).glob("crash-*.txt")):
+        if path.stat().st_mtime < since:
+            continue
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        node = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Node:")), "?")
+        tb = [ln for ln in lines if ln.startswith("Traceback")]
+        last = next((ln for ln in reversed(lines) if ":" in ln and not ln.startswith(
+            ("File ", "Node", "Working", "Traceback"))), lines[-1] if lines else "")
+        out.append(f"{node}: {last}" if tb or last else node)
+    return out
+
+
 def _run_workflow(config: Config, inputs, device: str) -> bool:
     from nipype import config as ncfg
 
@@ -191,9 +208,12 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     plugin[1]["status_callback"] = progress
     LOG.info("processing %d DWI series with %s", len(inputs),
              f"{ex.nprocs} processes" if ex.nprocs > 1 else "one process")
+    started = time.time()
     try:
         wf.run(plugin=plugin[0], plugin_args=plugin[1])
     except RuntimeError as err:
+        for line in crash_reasons(ex.work_dir / "crash", since=started):
+            print(f"gentract: error: {line}", file=sys.stderr)
         print(
             f"gentract: error: processing failed ({err}); crash reports are in "
             f"{ex.work_dir / 'crash'}; outputs of failed series were not written",

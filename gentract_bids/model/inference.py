@@ -48,9 +48,19 @@ class ModelMismatchError(UsageError):
     """The checkpoint does not fit the data the run produces (SH order, basis or grid)."""
 
 
+def shipped_models() -> list[str]:
+    """Names of the checkpoints shipped with the package (``--model NAME`` selects one)."""
+    return sorted(p.name[: -len(".json")] for p in SHIPPED_MODELS_DIR.glob("*.json"))
+
+
 def resolve_model_path(path=None) -> Path:
-    """``path`` (either checkpoint file or their stem), or the shipped model when None."""
-    return Path(path) if path else SHIPPED_MODEL
+    """``path`` (either checkpoint file or their stem), the name of a shipped checkpoint
+    (:func:`shipped_models`), or the default shipped model when None."""
+    if not path:
+        return SHIPPED_MODEL
+    if str(path) in shipped_models() and not Path(path).exists():
+        return SHIPPED_MODELS_DIR / str(path)
+    return Path(path)
 
 
 def load_model(path=None, device: str = "cpu", expected_sha256: str | None = None):

@@ -27,6 +27,7 @@ SIGMAS = (3.0, 1.0, 0.0)
 FACTORS = (4, 2, 1)
 NBINS = 32
 MIN_DICE = 0.75  # brain-mask overlap after registration below this: the registration failed
+MAX_DICE_DROP = 0.02  # a stage that lowers the overlap by more than this has run off
 FA_MAX_B = 1600.0  # the tensor is fitted to b0 and the shells up to this b-value
 
 
@@ -56,6 +57,7 @@ class Registration:
                 "Scales": np.round(s, 4).tolist(),
                 "TranslationMm": np.round(self.matrix[:3, 3], 3).tolist(),
                 "BrainMaskDice": round(float(self.dice), 4),
+                "Stages": self.stages,
                 "MinimumDice": MIN_DICE,
                 "Seconds": round(self.seconds, 2)}
 
@@ -103,9 +105,18 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
     """Register a subject's FA (on its grid ``affine``, brain ``mask``) to ``template`` (a
     :class:`~gentract_bids.registration.template.ModelTemplate`).
 
+    The stages run one after the other, each starting from the last one kept. A stage is kept
+    only if the brain-mask overlap (:func:`mask_dice`) does not fall by more than
+    :data:`MAX_DICE_DROP` from the best so far: mutual information can run off to a far
+    translation where the images hardly overlap (measured: a phantom whose centre-of-mass start
+    had Dice 0.88 ended at 0.02, 116 mm off, in the translation stage's coarsest level). Such a
+    stage is run again without its coarsest level, and left out if it still falls.
     Deterministic: the mutual information is computed on every voxel (no random sampling).
-    Raises :class:`RegistrationError` when the brain masks overlap less than ``min_dice``."""
-    from dipy.align import affine_registration
+    Raises :class:`RegistrationError` when the final overlap is below ``min_dice``."""
+    from dipy.align.imaffine import (AffineRegistration, MutualInformationMetric,
+                                     transform_centers_of_mass)
+    from dipy.align.transforms import (AffineTransform3D, RigidTransform3D,
+                                       TranslationTransform3D)
 
     t0 = time.perf_counter()
     mask = np.asarray(mask, bool)
@@ -114,14 +125,51 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
                                 "to register to the model's template")
     moving = np.where(mask, np.asarray(fa, np.float32), 0).astype(np.float64)
     static = np.where(template.mask, template.fa, 0).astype(np.float64)
-    _, matrix = affine_registration(
-        moving, static, moving_affine=np.asarray(affine, float), static_affine=template.affine,
-        pipeline=list(pipeline), level_iters=list(level_iters), sigmas=list(SIGMAS),
-        factors=list(FACTORS), nbins=NBINS, sampling_proportion=None,
-        moving_mask=mask.astype(np.int32), static_mask=template.mask.astype(np.int32))
-    matrix = np.asarray(matrix, float)
-    dice = mask_dice(template.mask, template.affine, mask, affine, matrix)
-    reg = Registration(matrix, dice, time.perf_counter() - t0, list(pipeline))
+    affine = np.asarray(affine, float)
+    kinds = {"translation": TranslationTransform3D, "rigid": RigidTransform3D,
+             "affine": AffineTransform3D}
+    masks = {"static_mask": template.mask.astype(np.int32), "moving_mask": mask.astype(np.int32)}
+
+    def dice_of(m):
+        return mask_dice(template.mask, template.affine, mask, affine, m)
+
+    def run_stage(kind, start, levels):
+        k = len(levels)
+        reg = AffineRegistration(metric=MutualInformationMetric(nbins=NBINS,
+                                                                sampling_proportion=None),
+                                 level_iters=list(levels), sigmas=list(SIGMAS[-k:]),
+                                 factors=list(FACTORS[-k:]), verbosity=0)
+        out = reg.optimize(static, moving, kinds[kind](), None,
+                           static_grid2world=template.affine, moving_grid2world=affine,
+                           starting_affine=start, **masks)
+        return np.asarray(out.affine, float)
+
+    matrix = np.eye(4)
+    stages = []
+    best = -1.0
+    for kind in pipeline:
+        if kind == "center_of_mass":
+            matrix = np.asarray(transform_centers_of_mass(static, template.affine, moving,
+                                                          affine).affine, float)
+            best = dice_of(matrix)
+            stages.append({"stage": kind, "dice": round(best, 4)})
+            continue
+        cand = run_stage(kind, matrix, level_iters)
+        d = dice_of(cand)
+        note = "kept"
+        if d < best - MAX_DICE_DROP and len(level_iters) > 1:
+            cand = run_stage(kind, matrix, level_iters[1:])
+            d = dice_of(cand)
+            note = "rerun without the coarsest level"
+        if d < best - MAX_DICE_DROP:
+            note = "left out (the overlap fell)"
+        else:
+            matrix, best = cand, max(best, d) if note == "kept" else d
+        stages.append({"stage": kind, "dice": round(float(d), 4), "result": note})
+        if note != "kept":
+            LOG.warning("%s: registration stage %s: %s (Dice %.2f)", name, kind, note, d)
+    dice = dice_of(matrix)
+    reg = Registration(matrix, dice, time.perf_counter() - t0, stages)
     LOG.info("%s: registered to the %s template in %.1f s (brain-mask Dice %.3f)", name,
              template.space, reg.seconds, dice)
     if not np.isfinite(dice) or dice < min_dice:

@@ -153,7 +153,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         ])  # fmt: skip
         if registered and tracker == "gentract":
             wf.connect(fodf_wf, "outputnode.xfm_file", track_wf, "inputnode.xfm_file")
-        if registered and hasattr(eval_wf.inputs.inputnode, "xfm_file"):
+        if registered and "xfm_file" in eval_wf.get_node("inputnode").inputs.trait_names():
             wf.connect(fodf_wf, "outputnode.xfm_file", eval_wf, "inputnode.xfm_file")
     return wf
 
