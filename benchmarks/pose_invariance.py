@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-streamlines", type=int, default=10)
     opts = p.parse_args(argv)
     bids = opts.out / "bids"
-    if not (bids / "dataset_description.json").exists():
+    if not (bids / "sub-03" / "dwi" / "sub-03_dwi.nii.gz").exists():
         make_cohort(bids, seed=opts.seed, anatomy_kind="human", human_poses=POSES)
     atlas = load_atlas()
     runs = [("01", 1), ("01", 2), ("02", 1), ("03", 1)]  # (subject = pose, sampling seed)

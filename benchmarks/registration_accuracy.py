@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     specs = poses()
     bids = opts.out / "bids"
     t0 = time.perf_counter()
-    if not (bids / "dataset_description.json").exists():
+    last = bids / f"sub-{len(specs):02d}" / "dwi" / f"sub-{len(specs):02d}_dwi.nii.gz"
+    if not last.exists():  # (a partly written cohort is written again)
         make_cohort(bids, seed=opts.seed, voxel_size=opts.voxel_size, anatomy_kind="human",
                     human_poses=[{k: v for k, v in s.items() if k != "case"} for s in specs])
     print(f"cohort ready in {time.perf_counter() - t0:.0f} s")
