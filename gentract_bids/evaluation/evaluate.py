@@ -64,22 +64,28 @@ def _sanity_only(streamlines, flags: dict) -> dict:
 def _recognise(streamlines, affine, shape, *, waypoint_atlas, recobundles_models,
                bundleseg_atlas, use_pyafq, min_streamlines, seed, work_dir):
     """The first atlas method that was configured: waypoints (or pyAFQ), RecoBundles, BundleSeg."""
-    from . import atlas as at
-
     if waypoint_atlas:
-        wp = at.load_waypoint_atlas(waypoint_atlas)
+        from .recognition.waypoints import load_waypoint_atlas, recognize_waypoints
+
+        wp = load_waypoint_atlas(waypoint_atlas)
         if use_pyafq:
-            return at.recognize_pyafq(streamlines, wp, affine, rng=seed,
-                                      min_streamlines=min_streamlines)
-        return at.recognize_waypoints(streamlines, wp, affine, min_streamlines=min_streamlines)
+            from .recognition.pyafq import recognize_pyafq
+
+            return recognize_pyafq(streamlines, wp, affine, rng=seed,
+                                   min_streamlines=min_streamlines)
+        return recognize_waypoints(streamlines, wp, affine, min_streamlines=min_streamlines)
     if recobundles_models:
-        models = at.load_model_bundles(recobundles_models)
-        return at.recognize_recobundles(streamlines, models, rng=seed,
-                                        min_streamlines=min_streamlines)
+        from .recognition.recobundles import load_model_bundles, recognize_recobundles
+
+        models = load_model_bundles(recobundles_models)
+        return recognize_recobundles(streamlines, models, rng=seed,
+                                     min_streamlines=min_streamlines)
     if bundleseg_atlas:
-        return at.recognize_bundleseg(streamlines, bundleseg_atlas, affine=affine, shape=shape,
-                                      seed=seed, work_dir=work_dir,
-                                      min_streamlines=min_streamlines)
+        from .recognition.bundleseg import recognize_bundleseg
+
+        return recognize_bundleseg(streamlines, bundleseg_atlas, affine=affine, shape=shape,
+                                   seed=seed, work_dir=work_dir,
+                                   min_streamlines=min_streamlines)
     raise ValueError("atlas mode needs a waypoint atlas, RecoBundles models or a BundleSeg atlas")
 
 
