@@ -35,8 +35,11 @@ def registration_matrix(bids: Path, sub: str, cache: Path) -> np.ndarray:
     """A (4x4, template mm -> subject mm) from the real registration, cached as .npy."""
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"sub-{sub}_A.npy"
+    failed = cache / f"sub-{sub}_A.failed.txt"
     if path.is_file():
         return np.load(path)
+    if failed.is_file():
+        raise RuntimeError(failed.read_text())
     from gentract_bids.fodf.csd import compute_brain_mask, make_gtab
     from gentract_bids.io.dwi import read_dwi
     from gentract_bids.phantom.atlas import load_atlas
@@ -49,7 +52,11 @@ def registration_matrix(bids: Path, sub: str, cache: Path) -> np.ndarray:
     mask = compute_brain_mask(dwi.data, make_gtab(dwi.bvals, dwi.bvecs))
     fa = fa_map(dwi.data, dwi.bvals, dwi.bvecs, mask)
     template = template_from_atlas(load_atlas(), shape=(80, 112, 96))
-    reg = register_to_template(fa, dwi.affine, mask, template, name=f"sub-{sub}")
+    try:
+        reg = register_to_template(fa, dwi.affine, mask, template, name=f"sub-{sub}")
+    except Exception as exc:
+        failed.write_text(f"{type(exc).__name__}: {exc}")
+        raise
     np.save(path, np.asarray(reg.matrix, float))
     return np.asarray(reg.matrix, float)
 

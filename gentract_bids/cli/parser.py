@@ -124,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=6.0, metavar="MM",
                    help="bundle atlas: dilation of the begin/end regions (default: %(default)s)")
     g.add_argument("--bundle-mask-dilation", dest="bundle_mask_dilation_mm", type=float,
-                   default=2.0, metavar="MM",
+                   default=4.0, metavar="MM",
                    help="bundle atlas: dilation of the bundle masks (default: %(default)s)")
-    g.add_argument("--bundle-min-inside", type=float, default=0.9, metavar="FRACTION",
+    g.add_argument("--bundle-min-inside", type=float, default=0.8, metavar="FRACTION",
                    help="bundle atlas: fraction of a streamline's points that must lie in the "
                         "(dilated) bundle mask (default: %(default)s)")
     g.add_argument("--min-bundle-streamlines", type=int, default=10,

@@ -36,8 +36,8 @@ class _EvaluateInputSpec(BaseInterfaceInputSpec):
     xfm_file = File(exists=True, desc="registration (ITK text, template mm -> subject mm); "
                                       "needed with bundle_atlas")
     bundle_ending_dilation_mm = traits.Float(6.0, usedefault=True)
-    bundle_mask_dilation_mm = traits.Float(2.0, usedefault=True)
-    bundle_min_inside = traits.Float(0.9, usedefault=True)
+    bundle_mask_dilation_mm = traits.Float(4.0, usedefault=True)
+    bundle_min_inside = traits.Float(0.8, usedefault=True)
     min_streamlines = traits.Int(10, usedefault=True)
     seed = traits.Int(0, usedefault=True)
     title = traits.Str("", usedefault=True, desc="figure titles (e.g. the tracker)")
