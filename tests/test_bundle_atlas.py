@@ -178,3 +178,20 @@ def test_config_defaults_match_the_recogniser():
     assert d["bundle_ending_dilation_mm"] == E.ENDING_DILATION_MM
     assert d["bundle_mask_dilation_mm"] == E.MASK_DILATION_MM
     assert d["bundle_min_inside"] == E.MIN_INSIDE
+
+
+def test_workflow_passes_xfm_only_with_a_bundle_atlas(atlas_dir):
+    from gentract_bids.workflows.evaluation import init_evaluation_wf
+
+    wf = init_evaluation_wf(mode="atlas", subject="01", bundle_atlas=str(atlas_dir),
+                            bundle_tolerances={"min_inside": 0.5})
+    ev = wf.get_node("evaluate")
+    assert ev.inputs.bundle_atlas == str(atlas_dir) and ev.inputs.bundle_min_inside == 0.5
+    assert ("inputnode", "evaluate") in {(u.name, v.name) for u, v in wf._graph.edges()}
+    edges = wf._graph.get_edge_data(wf.get_node("inputnode"), ev)["connect"]
+    assert ("xfm_file", "xfm_file") in edges
+    plain = init_evaluation_wf(mode="sanity", subject="01", bundle_atlas=str(atlas_dir))
+    edges = plain._graph.get_edge_data(plain.get_node("inputnode"),
+                                       plain.get_node("evaluate"))["connect"]
+    assert ("xfm_file", "xfm_file") not in edges and "xfm_file" in \
+        plain.get_node("inputnode").inputs.copyable_trait_names()
