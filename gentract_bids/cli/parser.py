@@ -121,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "bundle whose begin and end regions hold its end points and whose mask "
                         "holds enough of its points")
     g.add_argument("--bundle-ending-dilation", dest="bundle_ending_dilation_mm", type=float,
-                   default=6.0, metavar="MM",
+                   default=4.0, metavar="MM",
                    help="bundle atlas: dilation of the begin/end regions (default: %(default)s)")
     g.add_argument("--bundle-mask-dilation", dest="bundle_mask_dilation_mm", type=float,
-                   default=4.0, metavar="MM",
+                   default=2.0, metavar="MM",
                    help="bundle atlas: dilation of the bundle masks (default: %(default)s)")
     g.add_argument("--bundle-min-inside", type=float, default=0.8, metavar="FRACTION",
                    help="bundle atlas: fraction of a streamline's points that must lie in the "

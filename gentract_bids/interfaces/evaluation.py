@@ -35,8 +35,8 @@ class _EvaluateInputSpec(BaseInterfaceInputSpec):
                                  desc="TractSeg-layout bundle atlas in template space")
     xfm_file = File(exists=True, desc="registration (ITK text, template mm -> subject mm); "
                                       "needed with bundle_atlas")
-    bundle_ending_dilation_mm = traits.Float(6.0, usedefault=True)
-    bundle_mask_dilation_mm = traits.Float(4.0, usedefault=True)
+    bundle_ending_dilation_mm = traits.Float(4.0, usedefault=True)
+    bundle_mask_dilation_mm = traits.Float(2.0, usedefault=True)
     bundle_min_inside = traits.Float(0.8, usedefault=True)
     min_streamlines = traits.Int(10, usedefault=True)
     seed = traits.Int(0, usedefault=True)

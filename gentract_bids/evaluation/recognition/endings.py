@@ -38,8 +38,8 @@ from .common import (AtlasRecognition, _finish, _Flat, _resolve_conflicts, _voxe
 BUNDLE_DIR = "bundle_segmentations"
 ENDINGS_DIR = "endings_segmentations"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-ENDING_DILATION_MM = 6.0
-MASK_DILATION_MM = 4.0
+ENDING_DILATION_MM = 4.0
+MASK_DILATION_MM = 2.0
 MIN_INSIDE = 0.8
 
 
