@@ -56,6 +56,10 @@ class Evaluation:
     waypoint_atlas: Path | None = None
     recobundles_models: Path | None = None
     bundleseg_atlas: Path | None = None
+    bundle_atlas: Path | None = None  # TractSeg layout, template space (needs the registration)
+    bundle_ending_dilation_mm: float = 4.0  # bundle atlas: dilation of the begin/end regions
+    bundle_mask_dilation_mm: float = 2.0  # bundle atlas: dilation of the bundle masks
+    bundle_min_inside: float = 0.8  # bundle atlas: fraction of points inside the mask
     min_bundle_streamlines: int = 10
 
 

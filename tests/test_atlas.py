@@ -16,7 +16,11 @@ import numpy as np
 import pytest
 
 from gentract_bids.errors import BadDataError, NoInputError
-from gentract_bids.evaluation import atlas as A
+from gentract_bids.evaluation.recognition import bundleseg as bs
+from gentract_bids.evaluation.recognition import common
+from gentract_bids.evaluation.recognition import pyafq as pa
+from gentract_bids.evaluation.recognition import recobundles as rb
+from gentract_bids.evaluation.recognition import waypoints as wp
 from gentract_bids.io.tractogram import save_tractogram
 from gentract_bids.phantom.cohort import make_subject
 from gentract_bids.phantom.geometry import centreline
@@ -85,11 +89,11 @@ def _slab(subj, b, frac, half_mm=3.0, side=None):
 
 @pytest.fixture(scope="module")
 def atlas1(subj1):
-    bundles = {name: A.WaypointBundle(include=[_slab(subj1, b, 1 / 3), _slab(subj1, b, 2 / 3)],
+    bundles = {name: wp.WaypointBundle(include=[_slab(subj1, b, 1 / 3), _slab(subj1, b, 2 / 3)],
                                       start=subj1.head_masks[..., b] > 0,
                                       end=subj1.tail_masks[..., b] > 0)
                for b, name in enumerate(subj1.bundle_names)}
-    return A.WaypointAtlas(bundles, subj1.affine, subj1.bundle_masks.shape[:3])
+    return wp.WaypointAtlas(bundles, subj1.affine, subj1.bundle_masks.shape[:3])
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +109,7 @@ def reco(subj2, tractogram):
     """RecoBundles with subject 2's bundles as models (whole-brain affine SLR first, since the
     models come from another deformation; no local SLR, to stay fast)."""
     sl, _ = tractogram
-    return A.recognize_recobundles(sl, subj2.streamlines, whole_brain_slr=True, slr=False,
+    return rb.recognize_recobundles(sl, subj2.streamlines, whole_brain_slr=True, slr=False,
                                    num_threads=1, rng=0)
 
 
@@ -115,23 +119,23 @@ def _recall(labels, truth, names):
 
 # ----------------------------------------------------------------------------- waypoints
 def test_waypoint_atlas_recognises_truth(subj1, atlas1, tractogram, tmp_path):
-    path = A.save_waypoint_atlas(atlas1, tmp_path / "atlas")
-    loaded = A.load_waypoint_atlas(path)  # the on-disk format round trip
+    path = wp.save_waypoint_atlas(atlas1, tmp_path / "atlas")
+    loaded = wp.load_waypoint_atlas(path)  # the on-disk format round trip
     assert loaded.bundle_names == subj1.bundle_names
     assert np.allclose(loaded.affine, subj1.affine)
     sl, truth = tractogram
-    res = A.recognize_waypoints(sl, loaded)
+    res = wp.recognize_waypoints(sl, loaded)
     recall = _recall(res.labels, truth, subj1.bundle_names)
     assert min(recall.values()) >= RECALL, recall
     walks = truth == "walk"
-    assert np.mean(res.labels[walks] != A.UNRECOGNIZED) < 0.05  # random walks: not bundles
+    assert np.mean(res.labels[walks] != common.UNRECOGNIZED) < 0.05  # random walks: not bundles
     s = res.summary
     assert s["mode"] == "atlas" and s["atlas_method"] == "waypoints"
     assert s["n_streamlines"] == len(sl) and s["valid_bundles"] == s["n_bundles"] == 22
-    assert s["precision"] == pytest.approx(np.mean(res.labels != A.UNRECOGNIZED))
-    assert np.all(np.isfinite(res.scores[res.labels != A.UNRECOGNIZED]))
+    assert s["precision"] == pytest.approx(np.mean(res.labels != common.UNRECOGNIZED))
+    assert np.all(np.isfinite(res.scores[res.labels != common.UNRECOGNIZED]))
     # the atlas's own grid wins over a reference affine given by the caller
-    assert np.array_equal(A.recognize_waypoints(sl, loaded, np.eye(4)).labels, res.labels)
+    assert np.array_equal(wp.recognize_waypoints(sl, loaded, np.eye(4)).labels, res.labels)
 
 
 def test_waypoint_orientation_and_degenerate(subj1, atlas1):
@@ -139,8 +143,8 @@ def test_waypoint_orientation_and_degenerate(subj1, atlas1):
     rev = np.arange(len(sl)) % 2 == 1
     mixed = [s[::-1] if r else s for s, r in zip(sl, rev)]
     mixed += [np.zeros((1, 3)), np.full((5, 3), np.nan)]
-    res = A.recognize_waypoints(mixed, atlas1)
-    assert np.all(res.labels[-2:] == A.DEGENERATE)
+    res = wp.recognize_waypoints(mixed, atlas1)
+    assert np.all(res.labels[-2:] == common.DEGENERATE)
     ok = res.labels[:-2] == truth
     assert ok.mean() >= RECALL
     assert np.array_equal(res.flipped[:-2][ok], rev[ok])  # start -> end orientation recovered
@@ -154,15 +158,15 @@ def test_waypoint_order_of_include_rois(subj1, atlas1):
     """Include ROIs listed against the start -> end direction: rejected when order is enforced,
     accepted without it (pyAFQ only orients with the include ROIs)."""
     bd = atlas1.bundles["IFOF_L"]
-    swapped = A.WaypointAtlas({"IFOF_L": A.WaypointBundle(include=bd.include[::-1], start=bd.start,
+    swapped = wp.WaypointAtlas({"IFOF_L": wp.WaypointBundle(include=bd.include[::-1], start=bd.start,
                                                           end=bd.end)}, subj1.affine)
     sl = subj1.streamlines["IFOF_L"]
-    assert np.mean(A.recognize_waypoints(sl, swapped).labels == "IFOF_L") < 0.05
-    assert np.mean(A.recognize_waypoints(sl, swapped, ordered=False).labels == "IFOF_L") >= RECALL
+    assert np.mean(wp.recognize_waypoints(sl, swapped).labels == "IFOF_L") < 0.05
+    assert np.mean(wp.recognize_waypoints(sl, swapped, ordered=False).labels == "IFOF_L") >= RECALL
     # include ROIs only: orientation comes from them (first ROI first)
-    inc_only = A.WaypointAtlas({"IFOF_L": A.WaypointBundle(include=bd.include[::-1])},
+    inc_only = wp.WaypointAtlas({"IFOF_L": wp.WaypointBundle(include=bd.include[::-1])},
                                subj1.affine)
-    res = A.recognize_waypoints(sl, inc_only)
+    res = wp.recognize_waypoints(sl, inc_only)
     assert np.mean(res.labels == "IFOF_L") >= RECALL and res.flipped[res.labels == "IFOF_L"].all()
 
 
@@ -170,26 +174,26 @@ def test_waypoint_exclude_rois(subj1, atlas1):
     sl, truth = _truth(subj1)
     names = subj1.bundle_names
     b = names.index("CST_L")
-    base = A.recognize_waypoints(sl, atlas1)
+    base = wp.recognize_waypoints(sl, atlas1)
     # 1. an exclude ROI the bundle never touches changes nothing
     far = atlas1.bundles.copy()
     cst_r = subj1.bundle_masks[..., names.index("CST_R")] > 0
-    far["CST_L"] = A.WaypointBundle(**{**vars(atlas1.bundles["CST_L"]), "exclude": [cst_r]})
-    res = A.recognize_waypoints(sl, A.WaypointAtlas(far, subj1.affine))
+    far["CST_L"] = wp.WaypointBundle(**{**vars(atlas1.bundles["CST_L"]), "exclude": [cst_r]})
+    res = wp.recognize_waypoints(sl, wp.WaypointAtlas(far, subj1.affine))
     assert np.array_equal(res.labels, base.labels)
     # 2. its own mid cross-section removes the whole bundle, and nothing else
     own = atlas1.bundles.copy()
-    own["CST_L"] = A.WaypointBundle(**{**vars(atlas1.bundles["CST_L"]),
+    own["CST_L"] = wp.WaypointBundle(**{**vars(atlas1.bundles["CST_L"]),
                                        "exclude": [_slab(subj1, b, 0.5)]})
-    res = A.recognize_waypoints(sl, A.WaypointAtlas(own, subj1.affine), min_streamlines=5)
+    res = wp.recognize_waypoints(sl, wp.WaypointAtlas(own, subj1.affine), min_streamlines=5)
     assert not np.any(res.labels == "CST_L")
     assert not {r["bundle"]: r["found"] for r in res.summary["bundles"]}["CST_L"]
     assert np.array_equal(res.labels[truth != "CST_L"], base.labels[truth != "CST_L"])
     # 3. half of the cross-section removes the streamlines passing on that side
     half, p, t, nrm = _slab(subj1, b, 0.5, side=+1)
     part = atlas1.bundles.copy()
-    part["CST_L"] = A.WaypointBundle(**{**vars(atlas1.bundles["CST_L"]), "exclude": [half]})
-    res = A.recognize_waypoints(sl, A.WaypointAtlas(part, subj1.affine))
+    part["CST_L"] = wp.WaypointBundle(**{**vars(atlas1.bundles["CST_L"]), "exclude": [half]})
+    res = wp.recognize_waypoints(sl, wp.WaypointAtlas(part, subj1.affine))
     cst = np.nonzero(truth == "CST_L")[0]
     offset = []
     for i in cst:  # signed offset of the streamline where it crosses the plane
@@ -209,19 +213,19 @@ def test_waypoint_probability_map(subj1, atlas1):
     bd = atlas1.bundles["CST_L"]
     const = np.full(subj1.bundle_masks.shape[:3], 0.3)
     for thr, expected in ((0.2, 1.0), (0.4, 0.0)):
-        one = A.WaypointAtlas({"CST_L": A.WaypointBundle(**{**vars(bd), "prob_map": const,
+        one = wp.WaypointAtlas({"CST_L": wp.WaypointBundle(**{**vars(bd), "prob_map": const,
                                                             "prob_threshold": thr})},
                               subj1.affine)
-        assert np.mean(A.recognize_waypoints(sl, one).labels == "CST_L") == expected
+        assert np.mean(wp.recognize_waypoints(sl, one).labels == "CST_L") == expected
 
 
 def test_removed_bundle_is_not_found(subj1, subj2, atlas1):
     sl, truth = _truth(subj1, skip=("AF_L",))
     k = 5
-    res = A.recognize_waypoints(sl, atlas1, min_streamlines=k)
+    res = wp.recognize_waypoints(sl, atlas1, min_streamlines=k)
     found = {r["bundle"]: r["found"] for r in res.summary["bundles"]}
     assert not found["AF_L"] and res.summary["valid_bundles"] == 21
-    reco = A.recognize_recobundles(sl, subj2.streamlines, whole_brain_slr=True, slr=False,
+    reco = rb.recognize_recobundles(sl, subj2.streamlines, whole_brain_slr=True, slr=False,
                                    num_threads=1, rng=0, min_streamlines=k)
     found = {r["bundle"]: r["found"] for r in reco.summary["bundles"]}
     assert not found["AF_L"] and reco.summary["valid_bundles"] == 21
@@ -230,18 +234,18 @@ def test_removed_bundle_is_not_found(subj1, subj2, atlas1):
 
 
 def test_waypoint_atlas_errors(subj1, atlas1, tmp_path):
-    path = A.save_waypoint_atlas(atlas1, tmp_path / "a")
+    path = wp.save_waypoint_atlas(atlas1, tmp_path / "a")
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)),
              str(tmp_path / "a" / "x.nii.gz"))
     spec = json.loads(path.read_text())
     spec["bundles"]["CST_L"]["exclude"] = ["x.nii.gz"]
     path.write_text(json.dumps(spec))
     with pytest.raises(BadDataError, match="grid"):
-        A.load_waypoint_atlas(path)
+        wp.load_waypoint_atlas(path)
     spec["bundles"]["CST_L"]["exclude"] = ["missing.nii.gz"]
     path.write_text(json.dumps(spec))
     with pytest.raises(NoInputError, match="missing.nii.gz"):
-        A.load_waypoint_atlas(path)
+        wp.load_waypoint_atlas(path)
 
 
 # ----------------------------------------------------------------------------- RecoBundles
@@ -249,7 +253,7 @@ def test_recobundles_recognises_truth(subj1, reco, tractogram):
     _, truth = tractogram
     recall = _recall(reco.labels, truth, subj1.bundle_names)
     assert min(recall.values()) >= RECALL, recall
-    assert np.mean(reco.labels[truth == "walk"] != A.UNRECOGNIZED) < 0.10
+    assert np.mean(reco.labels[truth == "walk"] != common.UNRECOGNIZED) < 0.10
     assert reco.summary["valid_bundles"] == 22 and reco.summary["atlas_method"] == "recobundles"
 
 
@@ -258,39 +262,39 @@ def test_load_model_bundles(subj2, tmp_path):
         ext = (".trk", ".tck", ".trx")[i]
         save_tractogram(tmp_path / f"{name}{ext}", subj2.streamlines[name], subj2.affine,
                         subj2.bundle_masks.shape[:3])
-    models = A.load_model_bundles(tmp_path)
+    models = rb.load_model_bundles(tmp_path)
     assert sorted(models) == sorted(subj2.bundle_names[:3])
     for name, sl in models.items():
         assert len(sl) == 100 and np.allclose(sl[0], subj2.streamlines[name][0], atol=1e-3)
     with pytest.raises(NoInputError):
-        A.load_model_bundles(tmp_path / "nothing")
+        rb.load_model_bundles(tmp_path / "nothing")
 
 
 # ----------------------------------------------------------------------------- pyAFQ
 def test_pyafq_missing_gives_clear_error(subj1, atlas1):
-    if A.pyafq_available():
+    if pa.pyafq_available():
         pytest.skip("pyAFQ is installed here")
-    with pytest.raises(A.MissingToolError, match="afq"):
-        A.recognize_pyafq(subj1.streamlines["CST_L"], atlas1)
+    with pytest.raises(common.MissingToolError, match="afq"):
+        pa.recognize_pyafq(subj1.streamlines["CST_L"], atlas1)
 
 
 def test_pyafq_recognises_truth(subj1, atlas1):
-    if not A.pyafq_available():
+    if not pa.pyafq_available():
         pytest.skip("optional extra 'afq' (pyAFQ==3.4) not installed")
     sl, truth = _truth(subj1)
     rev = np.arange(len(sl)) % 2 == 1
     sl = [s[::-1] if r else s for s, r in zip(sl, rev)]
-    res = A.recognize_pyafq(sl, atlas1)
+    res = pa.recognize_pyafq(sl, atlas1)
     recall = _recall(res.labels, truth, subj1.bundle_names)
     assert min(recall.values()) >= 0.8, recall  # pyAFQ's Mahalanobis cleaning trims outliers
-    rec = res.labels != A.UNRECOGNIZED
+    rec = res.labels != common.UNRECOGNIZED
     assert np.all(res.labels[rec] == truth[rec])
     assert np.array_equal(res.flipped[rec], rev[rec])  # pyAFQ orients start -> end
 
 
 def test_resample_to_step():
     s = np.c_[np.linspace(0, 10.5, 4), np.zeros(4), np.zeros(4)]
-    (r,) = A.resample_to_step([s], 1.0)
+    (r,) = pa.resample_to_step([s], 1.0)
     assert len(r) == 12 and np.allclose(r[[0, -1]], s[[0, -1]])
     assert np.linalg.norm(np.diff(r, axis=0), axis=1).max() <= 1.0 + 1e-6
 
@@ -299,30 +303,30 @@ def test_resample_to_step():
 def test_bundleseg_parser_on_recorded_output(subj1):
     """A real scilpy 2.3.0 results.json (see tests/data/bundleseg/README.md)."""
     sl, truth = _truth(subj1)
-    names = A.bundleseg_bundle_names(DATA / "config.json")
+    names = bs.bundleseg_bundle_names(DATA / "config.json")
     assert names == subj1.bundle_names
-    labels, scores = A.parse_bundleseg_results(DATA / "results.json", len(sl), names)
+    labels, scores = bs.parse_bundleseg_results(DATA / "results.json", len(sl), names)
     assert np.array_equal(labels, truth)
     assert np.all(np.isfinite(scores)) and np.all(scores >= 0) and np.all(scores <= 10.0)
     with pytest.raises(BadDataError, match="outside"):
-        A.parse_bundleseg_results(DATA / "results.json", 100, names)
+        bs.parse_bundleseg_results(DATA / "results.json", 100, names)
 
 
 def test_bundleseg_parser_resolves_conflicts(tmp_path):
     res = {"A": {"indices": [0, 1, 2], "scores": [3.0, 1.0, 2.0]},
            "B": {"indices": [0, 1], "scores": [1.5, 4.0]}}
     (tmp_path / "results.json").write_text(json.dumps(res))
-    labels, scores = A.parse_bundleseg_results(tmp_path / "results.json", 4)
-    assert labels.tolist() == ["B", "A", "A", A.UNRECOGNIZED]
+    labels, scores = bs.parse_bundleseg_results(tmp_path / "results.json", 4)
+    assert labels.tolist() == ["B", "A", "A", common.UNRECOGNIZED]
     assert np.allclose(scores[:3], [1.5, 1.0, 2.0]) and np.isnan(scores[3])
     with pytest.raises(BadDataError, match="unknown bundle"):
-        A.parse_bundleseg_results(tmp_path / "results.json", 4, ["A"])
+        bs.parse_bundleseg_results(tmp_path / "results.json", 4, ["A"])
 
 
 def test_bundleseg_missing_script(subj1, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(A.MissingToolError, match="scil_tractogram_segment_with_bundleseg"):
-        A.recognize_bundleseg(subj1.streamlines["CST_L"], tmp_path, affine=subj1.affine,
+    with pytest.raises(common.MissingToolError, match="scil_tractogram_segment_with_bundleseg"):
+        bs.recognize_bundleseg(subj1.streamlines["CST_L"], tmp_path, affine=subj1.affine,
                               shape=subj1.bundle_masks.shape[:3])
 
 
@@ -330,13 +334,13 @@ def test_bundleseg_atlas_layout_errors(tmp_path):
     (tmp_path / "a.json").write_text("{}")
     (tmp_path / "b.json").write_text("{}")
     with pytest.raises(Exception, match="exactly one"):
-        A.bundleseg_atlas_paths(tmp_path)
+        bs.bundleseg_atlas_paths(tmp_path)
     with pytest.raises(NoInputError, match="sub-folder"):
-        A.bundleseg_atlas_paths(tmp_path, tmp_path / "a.json")
+        bs.bundleseg_atlas_paths(tmp_path, tmp_path / "a.json")
 
 
 def _scilpy_script():
-    exe = os.environ.get("GENTRACT_BUNDLESEG_SCRIPT", A.BUNDLESEG_SCRIPT)
+    exe = os.environ.get("GENTRACT_BUNDLESEG_SCRIPT", bs.BUNDLESEG_SCRIPT)
     return shutil.which(exe)
 
 
@@ -356,7 +360,7 @@ def test_bundleseg_real_run(subj1, tmp_path):
     for name in names:
         sl += subj1.streamlines[name][0::2]
         truth += [name] * 50
-    res = A.recognize_bundleseg(sl, atlas, affine=subj1.affine,
+    res = bs.recognize_bundleseg(sl, atlas, affine=subj1.affine,
                                 shape=subj1.bundle_masks.shape[:3], script=_scilpy_script())
     assert min(_recall(res.labels, np.array(truth), names).values()) >= RECALL
     assert res.summary["valid_bundles"] == 4 and res.summary["atlas_method"] == "bundleseg"

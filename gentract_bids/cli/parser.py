@@ -124,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of model bundles (one .trk/.tck/.trx per bundle) for RecoBundles")
     g.add_argument("--bundleseg-atlas", type=Path, default=None,
                    help="BundleSeg atlas folder (needs scilpy's scripts on PATH)")
+    g.add_argument("--bundle-atlas", type=Path, default=None,
+                   help="TractSeg-layout folder (bundle_segmentations/<Name>.nii.gz, "
+                        "endings_segmentations/<Name>_b/_e.nii.gz) in the model's template space, "
+                        "mapped into each subject by the registration; a streamline goes to the "
+                        "bundle whose begin and end regions hold its end points and whose mask "
+                        "holds enough of its points")
+    g.add_argument("--bundle-ending-dilation", dest="bundle_ending_dilation_mm", type=float,
+                   default=4.0, metavar="MM",
+                   help="bundle atlas: dilation of the begin/end regions (default: %(default)s)")
+    g.add_argument("--bundle-mask-dilation", dest="bundle_mask_dilation_mm", type=float,
+                   default=2.0, metavar="MM",
+                   help="bundle atlas: dilation of the bundle masks (default: %(default)s)")
+    g.add_argument("--bundle-min-inside", type=float, default=0.8, metavar="FRACTION",
+                   help="bundle atlas: fraction of a streamline's points that must lie in the "
+                        "(dilated) bundle mask (default: %(default)s)")
     g.add_argument("--min-bundle-streamlines", type=int, default=10,
                    help="a bundle counts as found with at least this many streamlines")
     return p
@@ -155,14 +170,24 @@ def parse_args(argv=None) -> Config:
         if len(trackers) > 1:
             raise UsageError("--tracker none cannot be combined with other trackers")
         trackers = []
-    for flag in ("waypoint_atlas", "recobundles_models", "bundleseg_atlas", "truth_dir"):
+    for flag in ("waypoint_atlas", "recobundles_models", "bundleseg_atlas", "bundle_atlas",
+                 "truth_dir"):
         path = getattr(opts, flag)
         if path is not None and not path.exists():
             raise UsageError(f"--{flag.replace('_', '-')} {path}: no such file or directory")
-    atlases = [opts.waypoint_atlas, opts.recobundles_models, opts.bundleseg_atlas]
+    if opts.bundle_atlas is not None and not opts.bundle_atlas.is_dir():
+        raise UsageError(f"--bundle-atlas {opts.bundle_atlas}: not a folder (a TractSeg-layout "
+                         "folder with bundle_segmentations/ and endings_segmentations/)")
+    if opts.bundle_ending_dilation_mm < 0 or opts.bundle_mask_dilation_mm < 0:
+        raise UsageError("--bundle-ending-dilation and --bundle-mask-dilation must not be "
+                         "negative")
+    if not 0 <= opts.bundle_min_inside <= 1:
+        raise UsageError(f"--bundle-min-inside must lie in [0, 1], got {opts.bundle_min_inside}")
+    atlases = [opts.waypoint_atlas, opts.recobundles_models, opts.bundleseg_atlas,
+               opts.bundle_atlas]
     if opts.eval_mode == "atlas" and not any(atlases):
-        raise UsageError("--eval atlas needs --waypoint-atlas, --recobundles-models or "
-                         "--bundleseg-atlas")
+        raise UsageError("--eval atlas needs --waypoint-atlas, --recobundles-models, "
+                         "--bundleseg-atlas or --bundle-atlas")
     bids_dir = opts.bids_dir.resolve()
     output_dir = opts.output_dir.resolve()
     work_dir = (opts.work_dir or Path.cwd() / "work").resolve()
@@ -196,6 +221,10 @@ def parse_args(argv=None) -> Config:
             recobundles_models=(opts.recobundles_models.resolve()
                                 if opts.recobundles_models else None),
             bundleseg_atlas=opts.bundleseg_atlas.resolve() if opts.bundleseg_atlas else None,
+            bundle_atlas=opts.bundle_atlas.resolve() if opts.bundle_atlas else None,
+            bundle_ending_dilation_mm=opts.bundle_ending_dilation_mm,
+            bundle_mask_dilation_mm=opts.bundle_mask_dilation_mm,
+            bundle_min_inside=opts.bundle_min_inside,
             min_bundle_streamlines=opts.min_bundle_streamlines,
         ),
         model=_model_section(opts, check="gentract" in trackers),

@@ -62,35 +62,60 @@ def _sanity_only(streamlines, flags: dict) -> dict:
 
 
 def _recognise(streamlines, affine, shape, *, waypoint_atlas, recobundles_models,
-               bundleseg_atlas, use_pyafq, min_streamlines, seed, work_dir):
-    """The first atlas method that was configured: waypoints (or pyAFQ), RecoBundles, BundleSeg."""
-    from . import atlas as at
-
+               bundleseg_atlas, use_pyafq, min_streamlines, seed, work_dir, bundle_atlas=None,
+               xfm_file=None, bundle_tolerances=None):
+    """The first atlas method that was configured: waypoints (or pyAFQ), RecoBundles, BundleSeg,
+    the bundle atlas (mapped by the registration ``xfm_file``, template -> subject)."""
     if waypoint_atlas:
-        wp = at.load_waypoint_atlas(waypoint_atlas)
+        from .recognition.waypoints import load_waypoint_atlas, recognize_waypoints
+
+        wp = load_waypoint_atlas(waypoint_atlas)
         if use_pyafq:
-            return at.recognize_pyafq(streamlines, wp, affine, rng=seed,
-                                      min_streamlines=min_streamlines)
-        return at.recognize_waypoints(streamlines, wp, affine, min_streamlines=min_streamlines)
+            from .recognition.pyafq import recognize_pyafq
+
+            return recognize_pyafq(streamlines, wp, affine, rng=seed,
+                                   min_streamlines=min_streamlines)
+        return recognize_waypoints(streamlines, wp, affine, min_streamlines=min_streamlines)
     if recobundles_models:
-        models = at.load_model_bundles(recobundles_models)
-        return at.recognize_recobundles(streamlines, models, rng=seed,
-                                        min_streamlines=min_streamlines)
+        from .recognition.recobundles import load_model_bundles, recognize_recobundles
+
+        models = load_model_bundles(recobundles_models)
+        return recognize_recobundles(streamlines, models, rng=seed,
+                                     min_streamlines=min_streamlines)
     if bundleseg_atlas:
-        return at.recognize_bundleseg(streamlines, bundleseg_atlas, affine=affine, shape=shape,
-                                      seed=seed, work_dir=work_dir,
-                                      min_streamlines=min_streamlines)
-    raise ValueError("atlas mode needs a waypoint atlas, RecoBundles models or a BundleSeg atlas")
+        from .recognition.bundleseg import recognize_bundleseg
+
+        return recognize_bundleseg(streamlines, bundleseg_atlas, affine=affine, shape=shape,
+                                   seed=seed, work_dir=work_dir,
+                                   min_streamlines=min_streamlines)
+    if bundle_atlas:
+        from .recognition.endings import load_bundle_atlas, recognize_endings
+
+        if not xfm_file:
+            from ..errors import UsageError
+
+            raise UsageError("--bundle-atlas needs the registration to the model's template "
+                             "(the transform file of the fODF stage); none was given")
+        from ..registration.xfm import read_xfm
+
+        return recognize_endings(streamlines, load_bundle_atlas(bundle_atlas),
+                                 read_xfm(xfm_file), affine=affine, shape=shape,
+                                 min_streamlines=min_streamlines, **(bundle_tolerances or {}))
+    raise ValueError("atlas mode needs a waypoint atlas, RecoBundles models, a BundleSeg atlas "
+                     "or a bundle atlas")
 
 
 def evaluate_tractogram(streamlines, affine, shape, *, mode: str = "sanity", truth=None,
                         brain_mask=None, waypoint_atlas=None, recobundles_models=None,
                         bundleseg_atlas=None, use_pyafq: bool = False,
+                        bundle_atlas=None, xfm_file=None, bundle_tolerances: dict | None = None,
                         min_streamlines: int = 10, seed: int = 0, work_dir=None) -> Evaluation:
     """Score RAS+ mm ``streamlines`` on the reference grid ``affine``/``shape``.
 
     ``mode``: ``groundtruth`` (``truth`` = :class:`~.groundtruth.GroundTruth`), ``atlas`` (one of
-    the atlas arguments) or ``sanity``. Tissue masks for the sanity metrics come from ``truth``
+    the atlas arguments; ``bundle_atlas`` also needs ``xfm_file``, the ITK transform template ->
+    subject, and takes ``bundle_tolerances``: keywords of
+    :func:`~.recognition.endings.recognize_endings`) or ``sanity``. Tissue masks for the sanity metrics come from ``truth``
     when given (phantoms), else only the brain mask is used."""
     from .groundtruth import score_groundtruth, valid_bundle_streamlines
 
@@ -111,7 +136,9 @@ def evaluate_tractogram(streamlines, affine, shape, *, mode: str = "sanity", tru
         result = _recognise(streamlines, affine, shape, waypoint_atlas=waypoint_atlas,
                             recobundles_models=recobundles_models,
                             bundleseg_atlas=bundleseg_atlas, use_pyafq=use_pyafq,
-                            min_streamlines=min_streamlines, seed=seed, work_dir=work_dir)
+                            min_streamlines=min_streamlines, seed=seed, work_dir=work_dir,
+                            bundle_atlas=bundle_atlas, xfm_file=xfm_file,
+                            bundle_tolerances=bundle_tolerances)
         labels, summary, bundles = result.labels, result.summary, result.bundles(streamlines)
     else:
         labels = np.where(flags["degenerate"], "degenerate", "unlabelled")

@@ -31,6 +31,13 @@ class _EvaluateInputSpec(BaseInterfaceInputSpec):
     recobundles_models = traits.Either(None, traits.Str, default=None, usedefault=True)
     bundleseg_atlas = traits.Either(None, traits.Str, default=None, usedefault=True)
     use_pyafq = traits.Bool(False, usedefault=True)
+    bundle_atlas = traits.Either(None, traits.Str, default=None, usedefault=True,
+                                 desc="TractSeg-layout bundle atlas in template space")
+    xfm_file = File(exists=True, desc="registration (ITK text, template mm -> subject mm); "
+                                      "needed with bundle_atlas")
+    bundle_ending_dilation_mm = traits.Float(4.0, usedefault=True)
+    bundle_mask_dilation_mm = traits.Float(2.0, usedefault=True)
+    bundle_min_inside = traits.Float(0.8, usedefault=True)
     min_streamlines = traits.Int(10, usedefault=True)
     seed = traits.Int(0, usedefault=True)
     title = traits.Str("", usedefault=True, desc="figure titles (e.g. the tracker)")
@@ -75,6 +82,10 @@ class EvaluateTractogram(SimpleInterface):
             waypoint_atlas=optional(i.waypoint_atlas),
             recobundles_models=optional(i.recobundles_models),
             bundleseg_atlas=optional(i.bundleseg_atlas), use_pyafq=i.use_pyafq,
+            bundle_atlas=optional(i.bundle_atlas), xfm_file=optional(i.xfm_file),
+            bundle_tolerances={"ending_dilation_mm": i.bundle_ending_dilation_mm,
+                               "mask_dilation_mm": i.bundle_mask_dilation_mm,
+                               "min_inside": i.bundle_min_inside},
             min_streamlines=i.min_streamlines, seed=i.seed, work_dir=cwd / "atlas",
         )
         seconds = time.perf_counter() - t0
