@@ -191,6 +191,9 @@ def parse_args(argv=None) -> Config:
     bids_dir = opts.bids_dir.resolve()
     output_dir = opts.output_dir.resolve()
     work_dir = (opts.work_dir or Path.cwd() / "work").resolve()
+    if opts.bundle_atlas and opts.registration == "none":
+        raise UsageError("--bundle-atlas maps the atlas through the registration to the model's "
+                         "template: it cannot be combined with --registration none")
     if not 0 <= opts.min_registration_dice <= 1:
         raise UsageError(f"--min-registration-dice must lie in [0, 1], got "
                          f"{opts.min_registration_dice}")
@@ -227,7 +230,7 @@ def parse_args(argv=None) -> Config:
             bundle_min_inside=opts.bundle_min_inside,
             min_bundle_streamlines=opts.min_bundle_streamlines,
         ),
-        model=_model_section(opts, check="gentract" in trackers),
+        model=_model_section(opts, check="gentract" in trackers or bool(opts.bundle_atlas)),
         seeds=Seeds(master=opts.random_seed),
     )
     if "gentract" in trackers:  # the canonical grid is the model's

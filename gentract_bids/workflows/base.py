@@ -49,7 +49,8 @@ def evaluation_mode(config: Config, subject: str) -> str:
     from ..evaluation.evaluate import resolve_mode, truth_available
 
     ev = config.evaluation
-    has_atlas = any((ev.waypoint_atlas, ev.recobundles_models, ev.bundleseg_atlas))
+    has_atlas = any((ev.waypoint_atlas, ev.recobundles_models, ev.bundleseg_atlas,
+                     ev.bundle_atlas))
     mode = resolve_mode(ev.mode, has_truth=truth_available(truth_dir(config), subject),
                         has_atlas=has_atlas)
     return mode
@@ -66,7 +67,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     ex, wcfg, ev = config.execution, config.workflow, config.evaluation
     wf = pe.Workflow(name=f"{name}_wf")
     # the model's space is needed by GenTract and by recognition with a template-space atlas
-    in_model_space = "gentract" in wcfg.trackers or bool(getattr(ev, "bundle_atlas", None))
+    in_model_space = "gentract" in wcfg.trackers or bool(ev.bundle_atlas)
     registered = in_model_space and wcfg.registration == "affine"
     fodf_wf = init_fodf_wf(
         sh_order=wcfg.sh_order,
@@ -132,7 +133,11 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         eval_wf = init_evaluation_wf(
             mode=mode, subject=item.subject, truth_dir=str(tdir),
             waypoint_atlas=_str(ev.waypoint_atlas), recobundles_models=_str(ev.recobundles_models),
-            bundleseg_atlas=_str(ev.bundleseg_atlas), min_streamlines=ev.min_bundle_streamlines,
+            bundleseg_atlas=_str(ev.bundleseg_atlas), bundle_atlas=_str(ev.bundle_atlas),
+            bundle_tolerances={"ending_dilation_mm": ev.bundle_ending_dilation_mm,
+                               "mask_dilation_mm": ev.bundle_mask_dilation_mm,
+                               "min_inside": ev.bundle_min_inside},
+            min_streamlines=ev.min_bundle_streamlines,
             seed=config.seeds.numpy % (2**31), title=f"{item.label} {tracker}",
             output_format=wcfg.output_format, name=f"eval_{model}_wf",
         )
