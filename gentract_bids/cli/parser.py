@@ -233,6 +233,7 @@ def parse_args(argv=None) -> Config:
         model=_model_section(opts, check="gentract" in trackers or bool(opts.bundle_atlas)),
         seeds=Seeds(master=opts.random_seed),
     )
+    config.workflow.registration = opts.registration  # "none" for a model without a template
     if "gentract" in trackers:  # the canonical grid is the model's
         from ..io.checkpoint import read_checkpoint_metadata
 
@@ -258,7 +259,12 @@ def _model_section(opts, check: bool) -> Model:
                          sampler=opts.sampler, name=f"the model {path}")
         template = load_model_template(path, meta)  # checksum verified before anything runs
         if template is None and opts.registration == "affine":
-            raise UsageError(f"the model {path} carries no template to register to; use "
-                             "--registration none when the data are in its space already")
+            # a checkpoint made before templates: its grid is its subjects' world, as it was
+            import logging
+
+            logging.getLogger("gentract").warning(
+                "the model %s carries no template to register to: the data are taken to be in "
+                "its space (--registration none)", path)
+            opts.registration = "none"
         model.sha256 = meta["sha256"]
     return model
