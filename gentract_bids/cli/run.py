@@ -211,11 +211,14 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     started = time.time()
     try:
         wf.run(plugin=plugin[0], plugin_args=plugin[1])
-    except RuntimeError as err:
-        for line in crash_reasons(ex.work_dir / "crash", since=started):
+    except Exception as err:  # nipype: RuntimeError (MultiProc) or the node's error (Linear)
+        reasons = crash_reasons(ex.work_dir / "crash", since=started)
+        for line in reasons:
             print(f"gentract: error: {line}", file=sys.stderr)
+        summary = (f"{len(reasons)} node(s) failed" if reasons
+                   else (str(err).strip().splitlines() or [type(err).__name__])[0])
         print(
-            f"gentract: error: processing failed ({err}); crash reports are in "
+            f"gentract: error: processing failed ({summary}); crash reports are in "
             f"{ex.work_dir / 'crash'}; outputs of failed series were not written",
             file=sys.stderr,
         )
