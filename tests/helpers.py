@@ -30,6 +30,8 @@ def run_cli(bids, out, tmp_path, *extra, skip=True):
     args = [str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--nprocs", "1"]
     if skip:
         args.append("--skip-bids-validation")
+    if "--model" not in extra:  # tube phantoms and FiberCup: the tube model's space
+        args += ["--model", "gentract_phantom"]
     if "--tracker" not in extra:  # these tests are about the fODF stage and the CLI's checks
         args += ["--tracker", "none"]
     return main([*args, *extra])

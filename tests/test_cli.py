@@ -66,7 +66,7 @@ def test_output_inside_input_refused(fibercup_bids, tmp_path, capsys):
         (fibercup_bids / "derivatives" / "gentract", tmp_path / "work"),
         (tmp_path / "out", fibercup_bids / "work"),
     ):
-        code = main([str(fibercup_bids), str(out), "participant", "-w", str(work)])
+        code = main([str(fibercup_bids), str(out), "participant", "--model", "gentract_phantom", "-w", str(work)])
         assert_clean_failure(capsys, code, EX_CANTCREAT, out, ["inside the input dataset"])
     assert tree_digest(fibercup_bids) == before
 
@@ -262,6 +262,6 @@ def test_unwritable_output_refused_up_front(fibercup_bids, tmp_path, capsys, mon
     out.chmod(0o755)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code = main([str(fibercup_bids), str(blocker / "out"), "participant", "-w",
+    code = main([str(fibercup_bids), str(blocker / "out"), "participant", "--model", "gentract_phantom", "-w",
                  str(tmp_path / "work")])
     assert_clean_failure(capsys, code, EX_CANTCREAT, blocker / "out", [f"{blocker} is a file"])

@@ -107,7 +107,7 @@ def fodf_run(tmp_path_factory):
     bids = make_cohort(root / "bids", n_subjects=1, seed=3, voxel_size=3.0, n_dirs=30,
                        n_truth_streamlines=5)
     out, work = root / "out", root / "work"
-    code = main([str(bids), str(out), "participant", "-w", str(work), "--skip-bids-validation",
+    code = main([str(bids), str(out), "participant", "--model", "gentract_phantom", "-w", str(work), "--skip-bids-validation",
                  "--tracker", "none", "--nprocs", "1", "--random-seed", "5"])
     assert code == 0
     return bids, out, work, root

@@ -257,7 +257,7 @@ def test_failed_registration_stops_the_series_cleanly(tmp_path, capsys):
 
     bids = make_cohort(tmp_path / "bids", n_subjects=1, seed=3, voxel_size=4.0, n_dirs=30)
     out = tmp_path / "out"
-    code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+    code = main([str(bids), str(out), "participant", "--model", "gentract_phantom", "-w", str(tmp_path / "work"),
                  "--n-streamlines", "50", "--min-registration-dice", "0.999"])
     err = capsys.readouterr().err
     assert code == 1

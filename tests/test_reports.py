@@ -81,7 +81,7 @@ def run(tmp_path_factory):
     out, work = root / "out", root / "work"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main([str(bids), str(out), "participant", "-w", str(work),
+        code = main([str(bids), str(out), "participant", "--model", "gentract_phantom", "-w", str(work),
                      "--skip-bids-validation", "--tracker", "dipy-det", "--n-streamlines", "200",
                      "--min-bundle-streamlines", "2", "--random-seed", "5"])
         assert code == 0
@@ -243,7 +243,7 @@ def test_group_without_participant_results_is_no_input(run, tmp_path, capsys):
 def test_report_failure_keeps_outputs(run, capsys):
     out = run["out"]
     before = sorted(p for p in out.rglob("*") if p.is_file())
-    config = parse_args([str(run["bids"]), str(out), "participant", "--tracker", "dipy-det",
+    config = parse_args([str(run["bids"]), str(out), "participant", "--model", "gentract_phantom", "--tracker", "dipy-det",
                          "--skip-bids-validation"])
     assert write_reports(config, ["01", "99"]) is False
     captured = capsys.readouterr()

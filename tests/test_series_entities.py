@@ -93,7 +93,7 @@ def test_series_that_derivative_names_cannot_tell_apart_are_refused(entity, key)
 def test_graph_has_one_workflow_per_dir_series(dir_bids, tmp_path):
     """The graph of two dir- series (every tracker kind) builds, with distinct node names and
     distinct staging folders and derivative entities."""
-    config = parse_args([str(dir_bids), str(tmp_path / "out"), "participant", "-w",
+    config = parse_args([str(dir_bids), str(tmp_path / "out"), "participant", "--model", "gentract_phantom", "-w",
                          str(tmp_path / "work"), "--tracker", "gentract", "sdstream", "dipy-det"])
     inputs = collect_dwi(load_layout(dir_bids))
     assert sorted(i.entities["direction"] for i in inputs) == list(DIRS)
@@ -117,7 +117,7 @@ def test_desc_only_series_refused_cleanly(tmp_path, capsys):
                        n_truth_streamlines=5, n_dirs=12)
     _split_series(bids, {"a": "desc-a", "b": "desc-b"})
     out = tmp_path / "out"
-    code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+    code = main([str(bids), str(out), "participant", "--model", "gentract_phantom", "-w", str(tmp_path / "work"),
                  "--skip-bids-validation", "--tracker", "none", "--nprocs", "1"])
     err = capsys.readouterr().err
     assert code == EX_DATAERR, err
@@ -131,7 +131,7 @@ def test_dir_series_run_end_to_end(dir_bids, tmp_path, capsys):
     """Both series run (fODF stage and a tracker) and every derivative is written twice, once
     under each ``dir-`` entity; the report and the group tables list both."""
     out = tmp_path / "out"
-    code = main([str(dir_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+    code = main([str(dir_bids), str(out), "participant", "--model", "gentract_phantom", "-w", str(tmp_path / "work"),
                  "--skip-bids-validation", "--tracker", "dipy-det", "--n-streamlines", "100",
                  "--min-bundle-streamlines", "2", "--nprocs", "2", "--random-seed", "3"])
     assert code == 0, capsys.readouterr().err

@@ -28,7 +28,7 @@ def phantom_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
     bids = make_cohort(root / "bids", n_subjects=2, seed=3, voxel_size=3.0, n_dirs=30)
     out = root / "out"
-    code = main([str(bids), str(out), "participant", "-w", str(root / "work"),
+    code = main([str(bids), str(out), "participant", "--model", "gentract_phantom", "-w", str(root / "work"),
                  "--nprocs", "2", "--random-seed", "5", "--n-streamlines", "2000"])
     return bids, out, code
 

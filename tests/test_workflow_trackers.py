@@ -24,7 +24,7 @@ def run(tmp_path_factory):
     bids = make_cohort(root / "bids", n_subjects=1, voxel_size=3.0, seed=11,
                        n_truth_streamlines=50)
     out, work = root / "out", root / "work"
-    code = main([str(bids), str(out), "participant", "-w", str(work), "--skip-bids-validation",
+    code = main([str(bids), str(out), "participant", "--model", "gentract_phantom", "-w", str(work), "--skip-bids-validation",
                  "--tracker", *TRACKERS, "--n-streamlines", str(N), "--sift-factor", "2",
                  "--tckglobal-niter", "2e6",
                  "--min-bundle-streamlines", "2", "--nprocs", "2", "--random-seed", "4"])
