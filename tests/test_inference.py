@@ -120,14 +120,14 @@ def test_cli_refuses_a_mismatched_model_before_writing(phantom, tmp_path, capsys
     path = tmp_path / "ckpt" / "grid2mm"
     save_checkpoint(path, tiny_model(grid_spacing=2.0), META)
     out = tmp_path / "out"
-    code = main([str(phantom), str(out), "participant", "--model", "gentract_phantom", "-w", str(tmp_path / "work"),
+    code = main([str(phantom), str(out), "participant", "-w", str(tmp_path / "work"),
                  "--skip-bids-validation", "--model", str(path)])
     assert code == EX_USAGE
     err = capsys.readouterr().err
     assert "does not fit this run" in err and "grid spacing is 2.0 mm" in err
     assert not out.exists()
     (tmp_path / "ckpt" / "grid2mm.safetensors").write_bytes(b"tampered")
-    code = main([str(phantom), str(out), "participant", "--model", "gentract_phantom", "--skip-bids-validation",
+    code = main([str(phantom), str(out), "participant", "--skip-bids-validation",
                  "--model", str(path)])
     assert code == EX_DATAERR and "checksum" in capsys.readouterr().err
     assert not out.exists()
@@ -137,7 +137,7 @@ def test_cli_refuses_a_mismatched_model_before_writing(phantom, tmp_path, capsys
 def test_gentract_workflow_writes_named_scored_tractograms(phantom, tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     n = 200
-    args = [str(phantom), str(out), "participant", "--model", "gentract_phantom", "-w", str(tmp_path / "work"),
+    args = [str(phantom), str(out), "participant", "-w", str(tmp_path / "work"),
             "--skip-bids-validation", "--model", str(tiny_ckpt), "--n-streamlines", str(n),
             "--steps", "4", "--random-seed", "3", "--min-bundle-streamlines", "2",
             "--support-threshold", "0"]  # an untrained model: its random polylines are unsupported
@@ -215,7 +215,7 @@ def test_participant_run_prints_stages_and_sampling_progress_once(phantom, tiny_
     import subprocess
     import sys
 
-    args = [str(phantom), str(tmp_path / "out"), "participant", "--model", "gentract_phantom", "-w", str(tmp_path / "work"),
+    args = [str(phantom), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
             "--skip-bids-validation", "--model", str(tiny_ckpt), "--n-streamlines", "200",
             "--steps", "2", "--min-bundle-streamlines", "2", "--support-threshold", "0",
             "--nprocs", "2", "-vv"]
