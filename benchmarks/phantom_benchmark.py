@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-work", action="store_true",
                    help="keep intermediate files (MRtrix DWI copies, raw tractograms)")
     p.add_argument("--model", type=Path, default=None,
-                   help="GenTract checkpoint of the gentract trackers (default: the shipped one)")
+                   help="GenTract checkpoint of the gentract trackers (default: the shipped model "
+                        "of the anatomy: gentract_human_phantom or gentract_phantom)")
     p.add_argument("--steps", type=int, default=None,
                    help="GenTract sampling steps (default: the checkpoint's)")
     p.add_argument("--support-threshold", type=float, default=DEFAULT_SUPPORT_THRESHOLD,
@@ -162,9 +163,9 @@ def main(argv=None) -> int:
     gentract_options = {}
     if gentract:
         from gentract_bids.io.checkpoint import read_checkpoint_metadata
-        from gentract_bids.model.inference import SHIPPED_MODEL
+        from gentract_bids.model.inference import HUMAN_MODEL, TUBE_MODEL
 
-        model = args.model or SHIPPED_MODEL
+        model = args.model or (HUMAN_MODEL if args.anatomy == "human" else TUBE_MODEL)
         gentract_options = {"model": str(model), "steps": args.steps,
                             "sha256": read_checkpoint_metadata(model)["sha256"],
                             "support_threshold": args.support_threshold or None}

@@ -102,11 +102,16 @@ def test_mismatched_checkpoints_are_refused(tiny_ckpt, zscored_sh, tmp_path):
         _sample(tiny_ckpt, zscored_sh[:40], tmp_path / "x.trx", seed=1)
 
 
-def test_shipped_model_loads_and_fits_the_default_run():
-    model, meta = load_model()
+def test_shipped_models_load_and_fit_their_runs():
+    model, meta = load_model()  # the default: human-anatomy phantoms in MNI space
+    assert SHIPPED_MODEL.name == "gentract_human_phantom"
     assert SHIPPED_MODEL.with_suffix(".safetensors").stat().st_size < 20 * 2**20
-    check_compatible(meta, sh_order=6, grid_spacing=1.875, grid_shape=(80, 96, 80))
+    check_compatible(meta, sh_order=6, grid_spacing=1.875, grid_shape=(80, 112, 96))
+    assert meta["template"]["space"] == "MNI152NLin6Asym"
     assert meta["provenance"]["train_subjects"] and meta["zscore"]["mean"]
+    _, tube = load_model("gentract_phantom")  # the tube model stays selectable by name
+    check_compatible(tube, sh_order=6, grid_spacing=1.875, grid_shape=(80, 96, 80))
+    assert tube["template"]["space"] == "phantomTubes"
 
 
 @pytest.fixture(scope="module")

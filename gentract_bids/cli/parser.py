@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("GenTract model")
     g.add_argument("--model", type=Path, default=None,
                    help="GenTract checkpoint (.safetensors, .json or their stem), or the name of "
-                        "a shipped one (gentract_phantom: tube phantoms); default: the shipped "
-                        "gentract_phantom, trained on synthetic phantoms only")
+                        "a shipped one: gentract_human_phantom (the default; human-anatomy "
+                        "phantoms in MNI space) or gentract_phantom (tube phantoms). Both are "
+                        "trained on synthetic phantoms only, never on real data")
     g.add_argument("--sampler", choices=("ddim", "flow"), default=None,
                    help="ddim for diffusion-trained models, flow (ODE) for flow-matching ones "
                         "(default: the one that fits the model)")

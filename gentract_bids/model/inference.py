@@ -3,8 +3,8 @@
 Plain functions; the nipype interface (:class:`~gentract_bids.interfaces.gentract.GenTractSample`)
 and the benchmarks call them::
 
-    model, meta = load_model()                      # the shipped phantom model
-    check_compatible(meta, sh_order=6, grid_spacing=1.875, grid_shape=(80, 96, 80))
+    model, meta = load_model()                      # the default shipped model (human phantoms)
+    check_compatible(meta, sh_order=6, grid_spacing=1.875, grid_shape=(80, 112, 96))
     info = sample_tractogram(model, meta, zscored_sh, "out.trx", n_streamlines=100_000,
                              ref_affine=mask.affine, ref_shape=mask.shape, seed=1)
 
@@ -33,10 +33,13 @@ from ..io.checkpoint import load_checkpoint
 from .gentract import SAMPLERS, CoordinateScaler
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
-SHIPPED_MODEL = SHIPPED_MODELS_DIR / "gentract_phantom"
+HUMAN_MODEL = SHIPPED_MODELS_DIR / "gentract_human_phantom"  # human-anatomy phantoms, MNI space
+TUBE_MODEL = SHIPPED_MODELS_DIR / "gentract_phantom"  # the 22-tube phantoms
+SHIPPED_MODEL = HUMAN_MODEL  # the app's default
 # metadata_sha256 of each shipped checkpoint: its JSON records the weights' and the template's
 # sha256, so this pins all three files (an edited JSON whose checksum was recomputed is caught too)
 SHIPPED_CHECKSUMS = {
+    "gentract_human_phantom": "2f30cb2dd0f66f195090ce046313be9bdb373c5d10444f7fd6be43c24acdb854",
     "gentract_phantom": "6103f5b30e61cf1e7b1c8ca6383ec030392d28e3c22a8da4e69befeb5df910ab",
 }
 OUTPUT_FORMATS = ("trx", "tck", "trk")
@@ -70,8 +73,8 @@ def load_model(path=None, device: str = "cpu", expected_sha256: str | None = Non
         _check_shipped(path)
         return load_checkpoint(path, device=device, expected_sha256=expected_sha256)
     except CheckpointError as err:
-        if path == SHIPPED_MODEL:
-            raise CheckpointError(f"the shipped model is unusable ({err}); reinstall gentract or "
+        if path.parent.resolve() == SHIPPED_MODELS_DIR.resolve():
+            raise CheckpointError(f"the shipped model {path.name} is unusable ({err}); reinstall gentract or "
                                   "give a checkpoint with --model") from None
         raise
 
