@@ -89,7 +89,9 @@ def main(argv=None) -> int:
     if not (bids / "sub-03" / "dwi" / "sub-03_dwi.nii.gz").exists():
         make_cohort(bids, seed=opts.seed, anatomy_kind="human", human_poses=POSES)
     atlas = load_atlas()
-    runs = [("01", 1), ("01", 2), ("02", 1), ("03", 1)]  # (subject = pose, sampling seed)
+    # (subject = pose, sampling seed): every pair differs in its seed, so that a pose pair does not
+    # share its initial noise (shared noise made the first run's pose pairs agree more than seeds)
+    runs = [("01", 1), ("01", 2), ("02", 3), ("03", 4)]
     maps = {}
     for label, seed in runs:
         files = subject_files(bids, label)
@@ -118,8 +120,9 @@ def main(argv=None) -> int:
         return float(np.mean(vals)) if vals else float("nan"), len(common)
 
     seeds, n_seeds = pair(("01", 1), ("01", 2))
-    poses = {f"{a}-{b}": pair((a, 1), (b, 1)) for a, b in (("01", "02"), ("01", "03"),
-                                                          ("02", "03"))}
+    first = dict(reversed(runs))  # each pose's first sampling seed
+    poses = {f"{a}-{b}": pair((a, first[a]), (b, first[b]))
+             for a, b in (("01", "02"), ("01", "03"), ("02", "03"))}
     mean_pose = float(np.mean([v[0] for v in poses.values()]))
     ok = mean_pose >= seeds - 0.05
     print(f"two seeds, one pose: mean Dice {seeds:.3f} over {n_seeds} bundles")
