@@ -74,8 +74,8 @@ def load_model(path=None, device: str = "cpu", expected_sha256: str | None = Non
         return load_checkpoint(path, device=device, expected_sha256=expected_sha256)
     except CheckpointError as err:
         if path.parent.resolve() == SHIPPED_MODELS_DIR.resolve():
-            raise CheckpointError(f"the shipped model {path.name} is unusable ({err}); reinstall gentract or "
-                                  "give a checkpoint with --model") from None
+            raise CheckpointError(f"the shipped model {path.name} is unusable ({err}); "
+                                  "reinstall gentract or give a checkpoint with --model") from None
         raise
 
 

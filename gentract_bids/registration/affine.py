@@ -118,11 +118,9 @@ def static_image(template, subject_affine):
         return static, template.mask, np.asarray(template.affine, float)
     aff = np.asarray(template.affine, float).copy()
     shape = np.ceil(np.asarray(template.shape) / factor).astype(int)
-    # same centre of the field of view, voxels ``factor`` times larger
-    centre = (np.asarray(template.shape, float) - 1) / 2
+    # same centre of the field of view (the template's origin), voxels ``factor`` times larger
     aff[:3, :3] = aff[:3, :3] * factor
-    aff[:3, 3] = template.affine[:3, :3] @ centre + template.affine[:3, 3] - aff[:3, :3] @ (
-        (shape - 1) / 2.0)
+    aff[:3, 3] = template.origin - aff[:3, :3] @ ((shape - 1) / 2.0)
     fa = resample_to_grid(static, template.affine, aff, shape, order=1).astype(np.float64)
     mask = resample_to_grid(template.mask.astype(np.uint8), template.affine, aff, shape,
                             order=0) > 0
