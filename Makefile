@@ -29,7 +29,7 @@ demo: venv
 	bash scripts/demo.sh
 
 test: venv
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) demo
