@@ -275,9 +275,7 @@ def estimate_fod(dwi, bval, bvec, mask, workdir=None, *, method: str = "csd", lm
     meta = {"ResponseAlgorithm": "dwi2response dhollander",
             "FODAlgorithm": {"csd": "dwi2fod csd", "msmt": "dwi2fod msmt_csd"}[method],
             "FODLmax": int(lmax), "ShellsUsed": used, "ShellsAvailable": mr_shells,
-            # the responses stay in the work directory: their names, not work-dir paths
-            "ResponseFiles": {k: Path(v).name for k, v in resp.items()},
-            "ResponseFilesLocation": "work directory of the tracking node (not a derivative)"}
+            "ResponseFiles": {k: str(v) for k, v in resp.items()}}
     return fod, meta
 
 
