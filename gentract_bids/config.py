@@ -47,6 +47,7 @@ class Workflow:
     sift_factor: float = 10.0  # iFOD2/SD_Stream: generate factor x n, then tcksift to n
     tckglobal_niter: float = 2e7  # tckglobal iterations
     output_format: str = "trx"  # trx | tck | trk
+    step_size: float | None = 1.0  # mm, GenTract resampling (None: off)
 
 
 @dataclass

@@ -145,7 +145,8 @@ def test_gentract_workflow_writes_named_scored_tractograms(phantom, tiny_ckpt, t
     args = [str(phantom), str(out), "participant", "-w", str(tmp_path / "work"),
             "--skip-bids-validation", "--model", str(tiny_ckpt), "--n-streamlines", str(n),
             "--steps", "4", "--random-seed", "3", "--min-bundle-streamlines", "2",
-            "--support-threshold", "0"]  # an untrained model: its random polylines are unsupported
+            "--support-threshold", "0",  # an untrained model: its random polylines are unsupported
+            "--step-size", "0"]  # the model's 8 points as sampled (resampling: test_outputs_step)
     assert main(args) == 0
     dwi = out / "sub-01" / "dwi"
     trx = dwi / "sub-01_space-dwi_model-gentract_streamlines.trx"

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None,
                    help="streamlines sampled at once (default: from free memory, at most what the "
                         "request needs: N x 4 with the support filter, N without, as a power of two)")
+    g.add_argument("--step-size", type=float, default=1.0,
+                   help="GenTract streamlines are resampled to this step in mm (cubic spline) and "
+                        "their ends clipped to the brain mask (default: %(default)s; 0: off)")
     g.add_argument("--support-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="keep only streamlines the fODF supports: ends trimmed to and extended "
                         "along the fibre signal, streamlines with an unsupported gap rejected, "
@@ -217,7 +220,8 @@ def parse_args(argv=None) -> Config:
                           n_streamlines=opts.n_streamlines, sift_factor=opts.sift_factor,
                           tckglobal_niter=opts.tckglobal_niter,
                           output_format=opts.output_format, registration=opts.registration,
-                          min_registration_dice=opts.min_registration_dice),
+                          min_registration_dice=opts.min_registration_dice,
+                          step_size=opts.step_size or None),
         evaluation=Evaluation(
             mode=opts.eval_mode,
             truth_dir=opts.truth_dir.resolve() if opts.truth_dir else None,

@@ -85,6 +85,16 @@ def stage_file(src, entities: dict, staging_dir, sidecar: dict | None = None) ->
     return out
 
 
+def tracker_provenance(provenance: dict, metadata: dict, model: str) -> dict:
+    """The sidecar of one tracker's tractogram: its own ``metadata`` first, then the run's
+    ``provenance``. A tool's own ``Software`` (e.g. ``MRtrix3 3.0.4``) is kept, gentract's goes to
+    ``Pipeline``/``PipelineVersion``; ``ModelChecksum`` only where GenTract made the file."""
+    prov = {k: v for k, v in provenance.items() if model == "gentract" or k != "ModelChecksum"}
+    if "Software" in metadata:
+        prov["Pipeline"], prov["PipelineVersion"] = prov.pop("Software"), prov.pop("Version")
+    return {**metadata, **prov}
+
+
 class _StageTractographyInputSpec(BaseInterfaceInputSpec):
     staging_dir = Directory(mandatory=True)
     base_entities = traits.Dict(mandatory=True, desc="subject, session, acquisition, run")
@@ -114,15 +124,17 @@ class StageTractography(SimpleInterface):
         base = {**i.base_entities, "model": i.model}
         dwi = {**base, "space": "dwi"}
         staging = i.staging_dir
+        side = tracker_provenance(i.provenance, i.tractogram_metadata, i.model)
+        prov = tracker_provenance(i.provenance, {}, i.model)
         out = stage_file(i.tractogram, {**dwi, "suffix": "streamlines"}, staging,
-                         {**i.tractogram_metadata, "Evaluation": i.eval_metadata, **i.provenance})
+                         {**side, "Evaluation": i.eval_metadata})
         out += stage_file(i.metrics_file, {**dwi, "desc": "eval", "suffix": "metrics"}, staging)
         out += stage_file(i.bundlestats_file, {**dwi, "suffix": "bundlestats"}, staging)
         files = i.bundle_files if isdefined(i.bundle_files) else []
         for path, label, name in zip(files, i.bundle_labels, i.bundle_names):
             out += stage_file(path, {**dwi, "bundle": label, "suffix": "streamlines"}, staging,
                               {"BundleName": name, "Description": "valid/recognised streamlines",
-                               **i.provenance})
+                               **prov})
         figs = i.figures if isdefined(i.figures) else []
         for path, desc in zip(figs, i.figure_descs):
             suffix = {"f1": "bundlestats", "bundles": "bundles"}.get(desc, "streamlines")

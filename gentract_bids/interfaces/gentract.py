@@ -35,6 +35,9 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     out_format = traits.Enum("trx", "tck", "trk", usedefault=True)
+    step_size = traits.Either(None, traits.Float, default=1.0, usedefault=True,
+                              desc="resample to this step (mm, spline) and clip the ends to the "
+                                   "reference mask; None: the model's points as sampled")
     support_threshold = traits.Either(None, traits.Float, default=None, usedefault=True,
                                       desc="fODF support filter threshold; None: off")
     canonical_mask = File(exists=True, desc="brain mask on the model's grid (support filter)")
@@ -45,6 +48,22 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
 class _GenTractSampleOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="whole-brain tractogram, RAS+ mm")
     metadata = traits.Dict(desc="model, sampler, steps, seed, device, timings for the sidecar")
+
+
+def resample_to_step(path, step: float, mask, affine) -> dict:
+    """Rewrite the tractogram ``path`` resampled to ``step`` mm with its ends clipped to
+    ``mask``; returns the sidecar fields that say so."""
+    from ..io.tractogram import clip_to_mask, load_tractogram, resample_streamlines, save_tractogram
+
+    streamlines, _ = load_tractogram(path)
+    kept = clip_to_mask(resample_streamlines(streamlines, step), mask, affine)
+    if not kept:
+        raise ValueError("no GenTract streamline has two points inside the brain mask")
+    save_tractogram(path, kept, affine, np.shape(mask)[:3], step_size=step)
+    return {"StepSize": float(step), "NumberOfStreamlines": len(kept),
+            "NumberOutsideMask": len(streamlines) - len(kept),
+            "PointsPerStreamline": "variable (resampled to StepSize, cubic spline)",
+            "EndpointsClippedToMask": True}
 
 
 class GenTractSample(SimpleInterface):
@@ -80,5 +99,8 @@ class GenTractSample(SimpleInterface):
             steps=optional(i.steps), sampler=optional(i.sampler),
             batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device,
             to_subject=to_subject)
+        if optional(i.step_size):
+            self._results["metadata"].update(
+                resample_to_step(out, i.step_size, np.asanyarray(ref.dataobj), ref.affine))
         self._results["out_file"] = str(out)
         return runtime

@@ -19,11 +19,59 @@ def _reference_header(affine, shape) -> nib.Nifti1Header:
     return hdr
 
 
-def save_tractogram(path, streamlines, affine, shape, groups: dict | None = None) -> Path:
+def resample_streamlines(streamlines, step: float, oversample: int = 20) -> list[np.ndarray]:
+    """Resample each streamline (RAS+ mm) to points ``step`` mm apart along a smooth curve.
+
+    The points are joined by a cubic spline (through every point, parameterised by the point
+    index), which is evaluated ``oversample`` times per segment; the dense curve is then cut at
+    equal arc lengths, the last point kept. Deterministic: plain arithmetic, no randomness."""
+    from scipy.interpolate import CubicSpline
+
+    out = []
+    for s in streamlines:
+        s = np.asarray(s, np.float64)
+        if len(s) < 2:
+            continue
+        t = np.arange(len(s), dtype=np.float64)
+        spline = CubicSpline(t, s, axis=0) if len(s) >= 4 else None
+        dense_t = np.linspace(0, len(s) - 1, (len(s) - 1) * oversample + 1)
+        dense = spline(dense_t) if spline else np.stack(
+            [np.interp(dense_t, t, s[:, k]) for k in range(3)], 1)
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))])
+        n = max(int(np.floor(arc[-1] / step)), 1)
+        at = np.append(np.arange(n + 1) * step, arc[-1]) if arc[-1] - n * step > 1e-6 * step \
+            else np.arange(n + 1) * step
+        out.append(np.stack([np.interp(at, arc, dense[:, k]) for k in range(3)], 1))
+    return [o.astype(np.float32) for o in out]
+
+
+def clip_to_mask(streamlines, mask, affine) -> list[np.ndarray]:
+    """Trim both ends of each streamline (RAS+ mm) back to its first/last point whose nearest
+    voxel is inside ``mask`` (on the grid of ``affine``); streamlines with fewer than 2 points
+    left are dropped. Every endpoint of the result lies in the mask."""
+    mask = np.asarray(mask) > 0
+    inv = np.linalg.inv(np.asarray(affine, float))
+    out = []
+    for s in streamlines:
+        s = np.asarray(s)
+        ijk = np.rint(s @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+        ok = np.all((ijk >= 0) & (ijk < mask.shape[:3]), axis=1)
+        inside = np.zeros(len(s), bool)
+        inside[ok] = mask[tuple(ijk[ok].T)]
+        idx = np.flatnonzero(inside)
+        if len(idx) >= 2 and idx[-1] > idx[0]:
+            out.append(s[idx[0]:idx[-1] + 1])
+    return out
+
+
+def save_tractogram(path, streamlines, affine, shape, groups: dict | None = None,
+                    step_size: float | None = None) -> Path:
     """Write ``streamlines`` (list of (n, 3) arrays, RAS+ mm) to .trx/.tck/.trk.
 
     ``affine``/``shape`` describe the reference image (voxel-to-RAS+ mm). ``groups`` maps a name to
     an index array of streamlines; it is stored as TRX groups (ignored by .tck/.trk).
+    ``step_size`` (mm) is recorded in the header: ``step_size`` in .tck (as MRtrix3 writes it),
+    ``STEP_SIZE`` in the TRX header.json.
 
     For .tck/.trk, ``streamlines`` may also be a function returning an iterator: the file is then
     written streaming (nibabel's lazy tractogram), without holding all streamlines in memory."""
@@ -43,10 +91,13 @@ def save_tractogram(path, streamlines, affine, shape, groups: dict | None = None
         trx = tmm.TrxFile.from_tractogram(tractogram, reference=_reference_header(affine, shape))
         for name, idx in (groups or {}).items():
             trx.groups[name] = np.asarray(idx, dtype=np.uint32)
+        if step_size is not None:
+            trx.header["STEP_SIZE"] = float(step_size)
         tmm.save(trx, str(path))
         trx.close()
     elif ext == ".tck":
-        nib.streamlines.save(tractogram, str(path))
+        hdr = {} if step_size is None else {"step_size": f"{float(step_size):g}"}
+        nib.streamlines.save(nib.streamlines.TckFile(tractogram, header=hdr), str(path))
     elif ext == ".trk":
         hdr = {
             nib.streamlines.Field.VOXEL_TO_RASMM: np.asarray(affine, float),

@@ -42,9 +42,12 @@ def init_fodf_derivatives_wf(*, staging_dir: str, provenance: dict, with_respons
     gather = pe.Node(niu.Merge(2 * len(outputs)), name="gather")
     for i, (field, (meta, entities)) in enumerate(outputs.items()):
         compress = entities["suffix"] != "response"  # a text file
+        # only the canonical (z-scored with the model's statistics) files depend on the model
+        prov = {k: v for k, v in provenance.items()
+                if k != "ModelChecksum" or entities.get("space") == "gentract"}
         sink = pe.Node(
             DerivativesDataSink(base_directory=staging_dir, compress=compress, **entities,
-                                **provenance),
+                                **prov),
             name=f"ds_{field}",
             run_without_submitting=True,
         )

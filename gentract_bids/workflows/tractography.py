@@ -84,6 +84,7 @@ def init_gentract_tractography_wf(
     output_format: str = "trx",
     support_threshold: float | None = None,
     registered: bool = False,
+    step_size: float | None = 1.0,
     name: str = "track_gentract_wf",
 ):
     """GenTract: encode the subject's context once, sample ``n_streamlines`` whole streamlines.
@@ -95,6 +96,9 @@ def init_gentract_tractography_wf(
     sampled streamlines are trimmed, extended and filtered by their fODF support
     (:mod:`gentract_bids.model.support`) until ``n_streamlines`` are kept.
 
+    ``step_size`` (mm): the streamlines are resampled to this step (cubic spline) and their ends
+    clipped to ``mask_file``; None writes the model's points as sampled.
+
     Outputs (``outputnode``): ``tractogram`` (RAS+ mm) and ``metadata`` (model name and sha256,
     sampler, steps, seed, device, number of streamlines, timings).
     """
@@ -103,7 +107,8 @@ def init_gentract_tractography_wf(
                                     n_streamlines=n_streamlines, sampler=sampler, steps=steps,
                                     batch_size=batch_size, random_seed=seed, device=device,
                                     out_format=output_format,
-                                    support_threshold=support_threshold),
+                                    support_threshold=support_threshold,
+                                    step_size=step_size),
                      name="sample")
     links = [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]
     if support_threshold:
