@@ -147,8 +147,10 @@ def bare_labels(labels, prefix: str) -> list[str]:
     return [str(lab).removeprefix(prefix) for lab in labels or []]
 
 
-def collect_dwi(layout, participant_label=None, session_label=None) -> list[DWIInput]:
-    """Every DWI series of the selected participants and sessions.
+def collect_dwi(layout, participant_label=None, session_label=None,
+                filters=None) -> list[DWIInput]:
+    """Every DWI series of the selected participants and sessions (``filters``: the ``dwi``
+    query of a ``--bids-filter-file``, JSON values).
 
     Labels are bare (see :func:`bare_labels`). Raises :class:`NothingMatched` for labels not in
     the dataset and :class:`NoInputError` when the selection holds no DWI.
@@ -173,7 +175,15 @@ def collect_dwi(layout, participant_label=None, session_label=None) -> list[DWII
     query = dict(subject=subjects, suffix="dwi", extension=DWI_EXTENSIONS, scope="raw")
     if sessions:
         query["session"] = sessions
-    files = layout.get(**query)
+    if filters:
+        from ..cli.execution import pybids_filters
+
+        files = layout.get(**query, **pybids_filters(filters), invalid_filters="allow")
+        if not files:
+            raise NothingMatched(f"the --bids-filter-file's dwi filters {filters} match no DWI "
+                                 f"series of participant(s) {', '.join(subjects)}")
+    else:
+        files = layout.get(**query)
     if not files:
         raise NoInputError(
             f"no DWI series (sub-*/[ses-*/]dwi/*_dwi.nii[.gz]) for participant(s) "
