@@ -39,6 +39,7 @@ class Execution:
     clean_workdir: bool = False
     reports_only: bool = False  # regenerate the reports from existing outputs, run nothing
     boilerplate_only: bool = False  # write logs/CITATION.* and stop
+    input_type: str = "auto"  # auto | bids | qsiprep (auto: from dataset_description.json)
     notrack: bool = False  # accepted for fMRIPrep compatibility: nothing is ever tracked
 
 

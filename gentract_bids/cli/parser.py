@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
                    help="do not run the BIDS validator on the input")
+    g.add_argument("--input-type", choices=("auto", "bids", "qsiprep"), default="auto",
+                   help="raw BIDS, or a QSIPrep output folder (its space-*_desc-preproc_dwi, "
+                        "brain mask and gradients); auto: QSIPrep when its "
+                        "dataset_description.json says GeneratedBy QSIPrep (default: auto)")
     g.add_argument("--bids-filter-file", "--bids_filter_file", type=Path, default=None,
                    metavar="JSON", help="pybids filters per query, e.g. "
                    '{"dwi": {"acquisition": "multishell"}}')
@@ -257,6 +261,7 @@ def parse_args(argv=None) -> Config:
             reports_only=opts.reports_only,
             boilerplate_only=opts.boilerplate_only,
             notrack=opts.notrack,
+            input_type=opts.input_type,
         ),
         workflow=Workflow(sh_order=opts.sh_order, csd_method=opts.csd_method,
                           csd_shell=opts.csd_shell, trackers=trackers,

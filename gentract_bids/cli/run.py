@@ -121,13 +121,14 @@ def run(config: Config, command: str | None = None) -> int:
 
         return run_group(config)
 
-    from ..io.bids import collect_dwi, load_layout, validate_bids
+    from ..io.bids import collect_dwi, is_qsiprep, load_layout, validate_bids
 
-    if not ex.skip_bids_validation:
+    qsiprep = ex.input_type == "qsiprep" or (ex.input_type == "auto" and is_qsiprep(ex.bids_dir))
+    if not ex.skip_bids_validation and not qsiprep:  # a QSIPrep folder is a derivative
         validate_bids(ex.bids_dir)
     layout = load_layout(ex.bids_dir)
     inputs = collect_dwi(layout, ex.participant_label, ex.session_label,
-                         filters=ex.bids_filters.get("dwi"))
+                         filters=ex.bids_filters.get("dwi"), qsiprep=qsiprep)
     preflight(inputs, config.workflow)
     device = resolve_device(ex.device)
 
