@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv=None) -> Config:
-    """Parse ``argv`` into the run's :class:`Config` (raises on inconsistent paths/levels)."""
+def parse_args(argv=None, check_paths: bool = False) -> Config:
+    """Parse ``argv`` into the run's :class:`Config` (raises on inconsistent paths/levels);
+    ``check_paths``: also the cheap checks of :func:`early_checks`, before the model is loaded."""
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)  # the config file's options become the defaults
     if pre.config_file is not None:
@@ -284,7 +285,8 @@ def parse_args(argv=None) -> Config:
         ),
         seeds=Seeds(master=opts.random_seed),
     )
-    early_checks(config)  # cheap argument errors before the model is loaded
+    if check_paths:  # cheap argument errors before the model is loaded
+        early_checks(config)
     runs = not (opts.reports_only or opts.boilerplate_only)
     config.model = _model_section(
         opts, check=runs and ("gentract" in trackers or bool(opts.bundle_atlas)))

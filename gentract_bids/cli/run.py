@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
     try:
-        config = parse_args(argv)
+        config = parse_args(argv, check_paths=True)
         setup_logging(config.execution.verbosity)
         args = sys.argv[1:] if argv is None else list(argv)
         code = run(config, command=" ".join(["gentract", *map(str, args)]))
