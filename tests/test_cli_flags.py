@@ -30,8 +30,13 @@ def tiny(tmp_path_factory):
     out, work = root / "out", root / "work"
     (work / "stale").mkdir(parents=True)
     (work / "stale" / "old.txt").write_text("from an earlier run")
-    code = run_cli(bids, out, root, "--stop-on-first-crash", "--resource-monitor",
-                   "--write-graph", "--clean-workdir", "--notrack", "--mem", "2G")
+    here = os.getcwd()
+    os.chdir(root)  # nipype's resource monitor leaves .proc-* files in the current folder
+    try:
+        code = run_cli(bids, out, root, "--stop-on-first-crash", "--resource-monitor",
+                       "--write-graph", "--clean-workdir", "--notrack", "--mem", "2G")
+    finally:
+        os.chdir(here)
     return bids, out, root, code
 
 
