@@ -31,6 +31,16 @@ class Execution:
     omp_nthreads: int = 1
     device: str = "auto"
     verbosity: int = 0
+    mem_mb: int | None = None  # memory budget: nipype's memory_gb and the sampler's batches
+    bids_filters: dict = field(default_factory=dict)  # --bids-filter-file: query -> filters
+    stop_on_first_crash: bool = False
+    resource_monitor: bool = False  # nipype's resource monitor (psutil)
+    write_graph: bool = False  # the workflow graph into OUTPUT_DIR/logs
+    clean_workdir: bool = False
+    reports_only: bool = False  # regenerate the reports from existing outputs, run nothing
+    boilerplate_only: bool = False  # write logs/CITATION.* and stop
+    input_type: str = "auto"  # auto | bids | qsiprep (auto: from dataset_description.json)
+    notrack: bool = False  # accepted for fMRIPrep compatibility: nothing is ever tracked
 
 
 @dataclass

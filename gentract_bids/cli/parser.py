@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
+from .execution import config_file_defaults, load_bids_filters, parse_mem
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 from ..io.bids import bare_labels
 from ..model.support import DEFAULT_THRESHOLD
@@ -33,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = ExitCodeParser(
         prog="gentract",
         description="GenTract-BIDS: generative global tractography of diffusion MRI (BIDS-App).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where the derivatives dataset is written")
@@ -51,23 +51,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
                    help="do not run the BIDS validator on the input")
+    g.add_argument("--input-type", choices=("auto", "bids", "qsiprep"), default="auto",
+                   help="raw BIDS, or a QSIPrep output folder (its space-*_desc-preproc_dwi, "
+                        "brain mask and gradients); auto: QSIPrep when its "
+                        "dataset_description.json says GeneratedBy QSIPrep (default: auto)")
+    g.add_argument("--bids-filter-file", "--bids_filter_file", type=Path, default=None,
+                   metavar="JSON", help="pybids filters per query, e.g. "
+                   '{"dwi": {"acquisition": "multishell"}}')
     g = p.add_argument_group("execution")
     g.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="working directory for intermediate results (default: ./work)")
-    g.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1,
-                   help="maximum number of processes nipype runs at once (MultiProc)")
-    g.add_argument("--omp-nthreads", type=int, default=1, help="threads per process")
+    g.add_argument("--nthreads", "--nprocs", "--n-cpus", "--n_cpus", dest="nprocs", type=int,
+                   default=os.cpu_count() or 1,
+                   help="CPUs of the run: nipype's MultiProc processes and torch's threads "
+                        "(default: all, %(default)s here)")
+    g.add_argument("--omp-nthreads", "--omp_nthreads", type=int, default=1,
+                   help="threads per process (OpenMP, MRtrix3) (default: %(default)s)")
+    g.add_argument("--mem", "--mem-mb", "--mem_mb", dest="mem_mb", type=parse_mem, default=None,
+                   metavar="MB", help="memory budget in MB (or with a unit: 16G): nipype's "
+                   "memory_gb and the cap of the sampler's batch memory (default: free memory)")
+    g.add_argument("--config-file", "--config_file", type=Path, default=None, metavar="TOML",
+                   help="TOML file of options (option = value, long names); the command line "
+                        "overrides it")
+    g.add_argument("--stop-on-first-crash", action="store_true",
+                   help="stop at the first failed node instead of finishing the others")
+    g.add_argument("--notrack", action="store_true",
+                   help="accepted for fMRIPrep compatibility: gentract never tracks usage")
+    g.add_argument("--resource-monitor", action="store_true",
+                   help="record each node's memory and CPU use (nipype's resource monitor)")
+    g.add_argument("--write-graph", action="store_true",
+                   help="write the workflow graph into OUTPUT_DIR/logs")
+    g.add_argument("--clean-workdir", action="store_true",
+                   help="empty the work directory before the run")
+    g.add_argument("--reports-only", action="store_true",
+                   help="only regenerate the reports from existing outputs; run nothing")
+    g.add_argument("--boilerplate", "--boilerplate-only", "--boilerplate_only",
+                   dest="boilerplate_only", action="store_true",
+                   help="only write the methods and references (OUTPUT_DIR/logs/CITATION.md, "
+                        ".html, .bib; every run writes them); run nothing")
     g.add_argument("--random-seed", type=int, default=0,
-                   help="the one seed of the whole run (0 to 2**32 - 1)")
+                   help="the one seed of the whole run (0 to 2**32 - 1) (default: %(default)s)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where the model runs: auto uses CUDA when available")
+                   help="where the model runs: auto uses CUDA when available "
+                        "(default: %(default)s)")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     g.add_argument("--version", action="version", version=f"gentract {__version__}")
     g = p.add_argument_group("fODF stage")
     g.add_argument("--sh-order", type=int, default=6,
-                   help="maximal SH order of the CSD fODF (even, 2 to 12)")
+                   help="maximal SH order of the CSD fODF (even, 2 to 12) "
+                        "(default: %(default)s)")
     g.add_argument("--csd-method", choices=("auto", "ssst", "msmt"), default="auto",
-                   help="CSD flavour; auto: single-shell CSD on one shell (see --csd-shell)")
+                   help="CSD flavour; auto: single-shell CSD on one shell (see --csd-shell) "
+                        "(default: %(default)s)")
     g.add_argument("--csd-shell", type=float, default=None,
                    help="b-value of the shell used by single-shell CSD on multi-shell data")
     g = p.add_argument_group("tractography")
@@ -75,15 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="TRACKER",
                    help=f"trackers to run, several allowed: {', '.join(TRACKERS)} (GenTract, "
                         "then the baselines MRtrix3 iFOD2 / SD_Stream + SIFT, tckglobal, dipy "
-                        "local tracking); 'none' runs the fODF stage only")
+                        "local tracking); 'none' runs the fODF stage only (default: gentract)")
     g.add_argument("--n-streamlines", type=int, default=100_000,
-                   help="streamlines per tractogram (the SIFT target for iFOD2/SD_Stream)")
+                   help="streamlines per tractogram (the SIFT target for iFOD2/SD_Stream) "
+                        "(default: %(default)s)")
     g.add_argument("--sift-factor", type=float, default=10.0,
                    help="iFOD2/SD_Stream generate this many times --n-streamlines before tcksift")
     g.add_argument("--tckglobal-niter", type=float, default=2e7,
                    help="tckglobal iterations (MRtrix's default is 1e7 per 1e6 voxels)")
     g.add_argument("--output-format", choices=("trx", "tck", "trk"), default="trx",
-                   help="file format of the whole-brain tractograms")
+                   help="file format of the whole-brain tractograms (default: %(default)s)")
     g = p.add_argument_group("GenTract model")
     g.add_argument("--model", type=Path, default=None,
                    help="GenTract checkpoint (.safetensors, .json or their stem), or the name of "
@@ -148,9 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv=None) -> Config:
-    """Parse ``argv`` into the run's :class:`Config` (raises on inconsistent paths/levels)."""
-    opts = build_parser().parse_args(argv)
+def parse_args(argv=None, check_paths: bool = False) -> Config:
+    """Parse ``argv`` into the run's :class:`Config` (raises on inconsistent paths/levels);
+    ``check_paths``: also the cheap checks of :func:`early_checks`, before the model is loaded."""
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)  # the config file's options become the defaults
+    if pre.config_file is not None:
+        parser.set_defaults(**config_file_defaults(parser, pre.config_file))
+    opts = parser.parse_args(argv)
     if opts.analysis_level not in ANALYSIS_LEVELS:
         raise UnknownAnalysisLevel(
             f"unknown analysis level '{opts.analysis_level}': use one of {', '.join(ANALYSIS_LEVELS)}"
@@ -214,6 +255,17 @@ def parse_args(argv=None) -> Config:
             omp_nthreads=opts.omp_nthreads,
             device=opts.device,
             verbosity=opts.verbose,
+            mem_mb=opts.mem_mb,
+            bids_filters=load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file
+            else {},
+            stop_on_first_crash=opts.stop_on_first_crash,
+            resource_monitor=opts.resource_monitor,
+            write_graph=opts.write_graph,
+            clean_workdir=opts.clean_workdir,
+            reports_only=opts.reports_only,
+            boilerplate_only=opts.boilerplate_only,
+            notrack=opts.notrack,
+            input_type=opts.input_type,
         ),
         workflow=Workflow(sh_order=opts.sh_order, csd_method=opts.csd_method,
                           csd_shell=opts.csd_shell, trackers=trackers,
@@ -235,16 +287,38 @@ def parse_args(argv=None) -> Config:
             bundle_min_inside=opts.bundle_min_inside,
             min_bundle_streamlines=opts.min_bundle_streamlines,
         ),
-        model=_model_section(opts, check="gentract" in trackers or bool(opts.bundle_atlas)),
         seeds=Seeds(master=opts.random_seed),
     )
+    if check_paths:  # cheap argument errors before the model is loaded
+        early_checks(config)
+    runs = not (opts.reports_only or opts.boilerplate_only)
+    config.model = _model_section(
+        opts, check=runs and ("gentract" in trackers or bool(opts.bundle_atlas)))
     config.workflow.registration = opts.registration  # "none" for a model without a template
-    if "gentract" in trackers:  # the canonical grid is the model's
+    if "gentract" in trackers and runs:  # the canonical grid is the model's
         from ..io.checkpoint import read_checkpoint_metadata
 
         meta = read_checkpoint_metadata(config.model.path)
         config.workflow.grid_shape = tuple(int(s) for s in meta["grid_shape"])
     return config
+
+
+def early_checks(config: Config) -> None:
+    """The errors found without pybids or the model: the input folder, the output and work
+    folders (not inside the input, writable), the participant labels (a ``sub-<label>``
+    folder each)."""
+    from ..errors import NothingMatched
+    from .run import check_paths
+
+    ex = config.execution
+    check_paths(config)
+    if ex.analysis_level != "participant" or ex.reports_only:
+        return
+    unknown = [lab for lab in ex.participant_label if not (ex.bids_dir / f"sub-{lab}").is_dir()]
+    if unknown:
+        have = sorted(d.name[4:] for d in ex.bids_dir.glob("sub-*") if d.is_dir())
+        raise NothingMatched(f"participant label(s) {', '.join(unknown)} not found in "
+                             f"{ex.bids_dir} (it has: {', '.join(have) or 'none'})")
 
 
 def _model_section(opts, check: bool) -> Model:

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
     try:
-        config = parse_args(argv)
+        config = parse_args(argv, check_paths=True)
         setup_logging(config.execution.verbosity)
         args = sys.argv[1:] if argv is None else list(argv)
         code = run(config, command=" ".join(["gentract", *map(str, args)]))
@@ -101,22 +101,39 @@ def preflight(inputs, workflow) -> None:
 def run(config: Config, command: str | None = None) -> int:
     """Run the analysis level of ``config``; ``command`` (the command line) goes into the
     participant reports."""
+    from . import execution
+    from .boilerplate import write_citation
+
     ex = config.execution
     check_paths(config)
+    if ex.boilerplate_only:
+        for path in write_citation(config, execution.logs_dir(ex)):
+            print(f"gentract: methods: {path}")
+        return EX_OK
+    if ex.reports_only:
+        subjects = sorted(d.name[4:] for d in ex.output_dir.glob("sub-*") if d.is_dir()
+                          and (not ex.participant_label or d.name[4:] in ex.participant_label))
+        if not subjects:
+            raise NoInputError(f"--reports-only: no sub-* outputs in {ex.output_dir}")
+        return EX_OK if write_reports(config, subjects, command) else EX_FAILURE
     if ex.analysis_level == "group":
         from .group import run_group
 
         return run_group(config)
 
-    from ..io.bids import collect_dwi, load_layout, validate_bids
+    from ..io.bids import collect_dwi, is_qsiprep, load_layout, validate_bids
 
-    if not ex.skip_bids_validation:
+    qsiprep = ex.input_type == "qsiprep" or (ex.input_type == "auto" and is_qsiprep(ex.bids_dir))
+    if not ex.skip_bids_validation and not qsiprep:  # a QSIPrep folder is a derivative
         validate_bids(ex.bids_dir)
     layout = load_layout(ex.bids_dir)
-    inputs = collect_dwi(layout, ex.participant_label, ex.session_label)
+    inputs = collect_dwi(layout, ex.participant_label, ex.session_label,
+                         filters=ex.bids_filters.get("dwi"), qsiprep=qsiprep)
     preflight(inputs, config.workflow)
     device = resolve_device(ex.device)
 
+    if ex.clean_workdir:
+        execution.clean_workdir(ex)
     created_output = not ex.output_dir.exists()
     try:
         ex.work_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +148,7 @@ def run(config: Config, command: str | None = None) -> int:
         from ..io.bids import write_dataset_description
 
         write_dataset_description(ex.output_dir, source=ex.bids_dir)
+        write_citation(config, execution.logs_dir(ex))
     elif created_output and not any(ex.output_dir.iterdir()):
         ex.output_dir.rmdir()
     if not ok:
@@ -184,14 +202,15 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     from nipype import config as ncfg
 
     from ..workflows.base import init_gentract_wf, series_id
+    from . import execution
 
     ex = config.execution
+    execution.apply_resources(ex)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ex.omp_nthreads)  # inherited by nipype's worker processes
     ncfg.set("execution", "crashdump_dir", str(ex.work_dir / "crash"))
     ncfg.set("execution", "crashfile_format", "txt")
-    ncfg.set("execution", "stop_on_first_crash", "false")
-    ncfg.set("monitoring", "enabled", "false")
+    execution.nipype_settings(ncfg, ex)
     # MultiProc workers start from a forkserver and read nipype's config afresh: hand them this
     # one (log levels, crash folder) through NIPYPE_CONFIG_DIR
     cfg_dir = ex.work_dir / "nipype"
@@ -203,8 +222,9 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     progress = StageProgress(wf, {f"{series_id(item)}_wf": item.label for item in inputs})
     # forkserver, not fork: a worker forked from a process whose OpenMP pool has started (torch
     # loaded the model to check it) can deadlock in its first parallel op
-    plugin = (("MultiProc", {"n_procs": ex.nprocs, "mp_context": "forkserver"})
-              if ex.nprocs > 1 else ("Linear", {}))
+    plugin = execution.plugin_settings(ex)
+    if ex.write_graph:
+        execution.write_graph(wf, ex)
     plugin[1]["status_callback"] = progress
     LOG.info("processing %d DWI series with %s", len(inputs),
              f"{ex.nprocs} processes" if ex.nprocs > 1 else "one process")

@@ -147,8 +147,22 @@ def bare_labels(labels, prefix: str) -> list[str]:
     return [str(lab).removeprefix(prefix) for lab in labels or []]
 
 
-def collect_dwi(layout, participant_label=None, session_label=None) -> list[DWIInput]:
-    """Every DWI series of the selected participants and sessions.
+def is_qsiprep(bids_dir: Path) -> bool:
+    """Whether ``bids_dir`` is a QSIPrep output folder (``GeneratedBy`` names QSIPrep)."""
+    try:
+        desc = json.loads((Path(bids_dir) / "dataset_description.json").read_text())
+    except (OSError, ValueError):
+        return False
+    generated = desc.get("GeneratedBy") or []
+    return any("qsiprep" in str(g.get("Name", "")).lower() for g in generated
+               if isinstance(g, dict)) or desc.get("PipelineDescription", {}).get(
+                   "Name", "").lower() == "qsiprep"
+
+
+def collect_dwi(layout, participant_label=None, session_label=None,
+                filters=None, qsiprep: bool = False) -> list[DWIInput]:
+    """Every DWI series of the selected participants and sessions (``filters``: the ``dwi``
+    query of a ``--bids-filter-file``, JSON values).
 
     Labels are bare (see :func:`bare_labels`). Raises :class:`NothingMatched` for labels not in
     the dataset and :class:`NoInputError` when the selection holds no DWI.
@@ -171,9 +185,20 @@ def collect_dwi(layout, participant_label=None, session_label=None) -> list[DWII
         if unknown:
             raise NothingMatched(f"session label(s) {', '.join(unknown)} not found")
     query = dict(subject=subjects, suffix="dwi", extension=DWI_EXTENSIONS, scope="raw")
+    if qsiprep:  # QSIPrep's preprocessed series (space-ACPC or space-T1w), in its own root
+        query.update(scope="all", desc="preproc", invalid_filters="allow")
     if sessions:
         query["session"] = sessions
-    files = layout.get(**query)
+    if filters:
+        from ..cli.execution import pybids_filters
+
+        query["invalid_filters"] = "allow"
+        files = layout.get(**query, **pybids_filters(filters))
+        if not files:
+            raise NothingMatched(f"the --bids-filter-file's dwi filters {filters} match no DWI "
+                                 f"series of participant(s) {', '.join(subjects)}")
+    else:
+        files = layout.get(**query)
     if not files:
         raise NoInputError(
             f"no DWI series (sub-*/[ses-*/]dwi/*_dwi.nii[.gz]) for participant(s) "
@@ -188,7 +213,7 @@ def collect_dwi(layout, participant_label=None, session_label=None) -> list[DWII
                 dwi=f.path,
                 bval=_sidecar(layout.get_bval, f.path),
                 bvec=_sidecar(layout.get_bvec, f.path),
-                mask=_find_mask(layout, ents),
+                mask=_qsiprep_mask(f.path) if qsiprep else _find_mask(layout, ents),
                 entities=ents,
             )
         )
@@ -204,6 +229,15 @@ def _sidecar(getter, path) -> str | None:
     if not found:
         return None
     return found if isinstance(found, str) else found[0]
+
+
+def _qsiprep_mask(dwi_path: str) -> str | None:
+    """QSIPrep's brain mask of a preprocessed series: the same name with ``desc-brain_mask``
+    (``sub-01_space-ACPC_desc-preproc_dwi`` -> ``sub-01_space-ACPC_desc-brain_mask``)."""
+    path = Path(dwi_path)
+    stem = path.name.split(".")[0].replace("_desc-preproc_dwi", "_desc-brain_mask")
+    found = [path.parent / f"{stem}{ext}" for ext in DWI_EXTENSIONS]
+    return next((str(f) for f in found if f.is_file()), None)
 
 
 def _find_mask(layout, ents) -> str | None:

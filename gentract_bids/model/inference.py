@@ -127,6 +127,13 @@ def check_compatible(meta: dict, *, sh_order: int, sh_basis: str = SH_BASIS,
 
 
 def _available_bytes(device: str) -> int:
+    """Free memory of ``device``, at most the run's ``--mem`` budget (``GENTRACT_MEM_MB``)."""
+    free = _free_bytes(device)
+    budget = os.environ.get("GENTRACT_MEM_MB")
+    return min(free, int(budget) * 2**20) if budget else free
+
+
+def _free_bytes(device: str) -> int:
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info()
         return int(free)
@@ -208,6 +215,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     sampled and filtered in model coordinates and written through it. Returns the sidecar metadata: sampler, steps, seed, device,
     counts, timings, streamlines per second and peak memory."""
     out_file = Path(out_file)
+    if os.environ.get("GENTRACT_NTHREADS"):  # --nthreads, in a nipype worker too
+        torch.set_num_threads(int(os.environ["GENTRACT_NTHREADS"]))
     to_subject = None if to_subject is None else np.asarray(to_subject, np.float64)
     if n_streamlines < 1:
         raise ValueError(f"n_streamlines must be positive, got {n_streamlines}")

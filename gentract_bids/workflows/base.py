@@ -8,7 +8,7 @@ from nipype.pipeline import engine as pe
 
 from ..config import Config
 from ..interfaces.bids import CommitDerivatives, StageRegistration
-from ..io.bids import DWIInput, check_distinct_series
+from ..io.bids import DWIInput, check_distinct_series, output_prefix
 from .evaluation import EVAL_FIELDS, init_evaluation_wf
 from .fodf import REGISTRATION_FIELDS, init_fodf_wf
 from .outputs import FODF_FIELDS, init_fodf_derivatives_wf, init_tractography_derivatives_wf
@@ -94,7 +94,9 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     provenance = config.provenance(device)
     ds_wf = init_fodf_derivatives_wf(staging_dir=staging, provenance=provenance,
                                      with_response=wcfg.csd_method != "msmt")
-    ds_wf.inputs.inputnode.source_file = item.dwi
+    # named by the series entities only: a QSIPrep series' space-/desc- are not the outputs'
+    ds_wf.inputs.inputnode.source_file = str(
+        Path(item.dwi).parent / f"{output_prefix(item.series_entities)}_dwi.nii.gz")
     wf.connect([(fodf_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in FODF_FIELDS])])
 
     trackers = wcfg.trackers

@@ -1,0 +1,156 @@
+"""Execution options shared with fMRIPrep/QSIRecon: resources, config and filter files, nipype's
+execution settings, the work directory and the citation boilerplate of a run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+from ..errors import UsageError
+
+LOG = logging.getLogger("gentract")
+# read by model/inference.py in nipype's worker processes (the sampling node)
+NTHREADS_ENV, MEM_ENV = "GENTRACT_NTHREADS", "GENTRACT_MEM_MB"
+FILTER_QUERIES = ("dwi",)  # the queries a --bids-filter-file may filter
+_UNITS = {"": 1, "m": 1, "mb": 1, "g": 1024, "gb": 1024, "t": 1024**2, "tb": 1024**2}
+
+
+def parse_mem(value: str) -> int:
+    """``--mem``: megabytes, or a number with a unit (``16G``, ``16GB``, ``512M``)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    unit = match and match.group(2).lower()
+    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise ValueError(value)
+    return max(1, int(float(match.group(1)) * _UNITS[unit]))
+
+
+parse_mem.__name__ = "memory size"  # argparse names the type in its error message
+
+
+def config_file_defaults(parser, path: Path) -> dict:
+    """The options of a ``--config-file`` TOML (``option = value``, dashes or underscores, as on
+    the command line) as parser defaults: the command line still overrides each of them."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"--config-file {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"--config-file {path}: not valid TOML ({err})") from None
+    actions = {}
+    for action in parser._actions:
+        for opt in action.option_strings:
+            actions[opt.lstrip("-").replace("-", "_")] = action
+    defaults = {}
+    for key, value in raw.items():
+        action = actions.get(key.replace("-", "_"))
+        if action is None or not action.option_strings or key in ("config_file", "version"):
+            raise UsageError(f"--config-file {path}: unknown option '{key}'")
+        values = value if isinstance(value, list) else [value]
+        if action.type is not None:
+            try:
+                values = [action.type(v) if isinstance(v, str) else v for v in values]
+            except (TypeError, ValueError):
+                raise UsageError(f"--config-file {path}: bad value for '{key}': {value!r}") \
+                    from None
+        if action.choices and any(v not in action.choices for v in values):
+            raise UsageError(f"--config-file {path}: '{key}' must be one of "
+                             f"{', '.join(map(str, action.choices))}, got {value!r}")
+        defaults[action.dest] = values if action.nargs in ("+", "*") else values[0]
+    return defaults
+
+
+def load_bids_filters(path: Path) -> dict:
+    """``--bids-filter-file``: a JSON object of pybids filters per query, as in fMRIPrep
+    (``{"dwi": {"acquisition": "multishell", "run": 1}}``); ``null`` matches files without the
+    entity, ``"*"`` any value."""
+    try:
+        filters = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"--bids-filter-file {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise UsageError(f"--bids-filter-file {path}: not valid JSON ({err})") from None
+    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
+        raise UsageError(f"--bids-filter-file {path}: must be a JSON object of objects, e.g. "
+                         '{"dwi": {"acquisition": "multishell"}}')
+    unknown = sorted(set(filters) - set(FILTER_QUERIES))
+    if unknown:
+        raise UsageError(f"--bids-filter-file {path}: unknown query {', '.join(unknown)} "
+                         f"(this app queries: {', '.join(FILTER_QUERIES)})")
+    for query in filters.values():
+        if query.keys() & {"subject", "session", "suffix", "extension", "scope"}:
+            raise UsageError(f"--bids-filter-file {path}: subject, session, suffix, extension "
+                             "and scope are set by the app (use --participant-label and "
+                             "--session-label)")
+    return filters
+
+
+def pybids_filters(filters: dict) -> dict:
+    """JSON filters as pybids queries: ``null`` -> ``Query.NONE``, ``"*"`` -> ``Query.ANY``."""
+    from bids.layout import Query
+
+    special = {None: Query.NONE, "*": Query.ANY}
+    return {k: special.get(v, v) if not isinstance(v, list) else v for k, v in filters.items()}
+
+
+def apply_resources(ex) -> None:
+    """``--nthreads`` and ``--mem``: torch's threads here and, through the environment, in
+    nipype's workers (the sampling node); the memory budget caps the sampler's batches."""
+    os.environ[NTHREADS_ENV] = str(ex.nprocs)
+    if ex.mem_mb:
+        os.environ[MEM_ENV] = str(ex.mem_mb)
+    else:
+        os.environ.pop(MEM_ENV, None)
+    import torch
+
+    torch.set_num_threads(ex.nprocs)
+
+
+def nipype_settings(ncfg, ex) -> None:
+    """``--stop-on-first-crash`` and ``--resource-monitor`` in nipype's configuration."""
+    ncfg.set("execution", "stop_on_first_crash", str(ex.stop_on_first_crash).lower())
+    if ex.resource_monitor:
+        ncfg.enable_resource_monitor()
+    else:
+        ncfg.set("monitoring", "enabled", "false")
+
+
+def plugin_settings(ex) -> tuple[str, dict]:
+    """nipype's plugin: MultiProc with ``--nthreads`` processes and the ``--mem`` budget."""
+    if ex.nprocs == 1:
+        return "Linear", {}
+    args = {"n_procs": ex.nprocs, "mp_context": "forkserver"}
+    if ex.mem_mb:
+        args["memory_gb"] = ex.mem_mb / 1024
+    return "MultiProc", args
+
+
+def clean_workdir(ex) -> None:
+    """``--clean-workdir``: empty the work directory before the run (as fMRIPrep does)."""
+    work = Path(ex.work_dir)
+    if work.is_dir():
+        LOG.info("removing the contents of the work directory %s", work)
+        for child in work.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def logs_dir(ex) -> Path:
+    return Path(ex.output_dir) / "logs"
+
+
+def write_graph(wf, ex) -> Path:
+    """``--write-graph``: the workflow graph as Graphviz ``.dot`` in OUTPUT_DIR/logs (and as SVG
+    when Graphviz's ``dot`` is installed)."""
+    out = logs_dir(ex)
+    out.mkdir(parents=True, exist_ok=True)
+    dot = out / "gentract_wf.dot"
+    fmt = "svg" if shutil.which("dot") else "dot"
+    wf.write_graph(dotfilename=str(dot), graph2use="colored", format=fmt, simple_form=True)
+    return dot
