@@ -50,3 +50,21 @@ class CheckpointError(BadDataError):
     """A model checkpoint is missing, corrupt, tampered with or does not match its config."""
 
     exit_code = EX_DATAERR
+
+
+class Terminated(BaseException):
+    """SIGTERM, SIGINT or SIGHUP: a clean stop. A BaseException, so no ``except Exception``
+    (nipype's included) swallows it; the exit code is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+class OutputBusy(GenTractError):
+    """A participant-level commit into the output is unfinished (running or interrupted)."""
+
+    exit_code = EX_NOINPUT

@@ -6,7 +6,7 @@ import csv
 import json
 
 from ..config import Config
-from ..errors import EX_OK, NoInputError
+from ..errors import EX_OK, NoInputError, OutputBusy
 
 
 def run_group(config: Config) -> int:
@@ -16,7 +16,13 @@ def run_group(config: Config) -> int:
     from ..reports.group import collect_results, write_group_bundlestats, write_group_report
     from ..reports.subject import fod_parameters
 
+    from ..io.commit import HIDDEN, unfinished
+
     out = config.execution.output_dir
+    busy = unfinished(out)
+    if busy:
+        raise OutputBusy(f"a participant-level commit into {out} is unfinished ({', '.join(busy)}"
+                         f" in {out / HIDDEN}): wait for it, or rerun that participant")
     sidecars = sorted(out.glob("sub-*/**/*_space-dwi_model-csd_param-fod_dwimap.json"))
     if not sidecars:
         raise NoInputError(f"no participant-level outputs in {out}: run 'participant' first")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from ..errors import (
     CannotCreateOutput,
     GenTractError,
     NoInputError,
+    Terminated,
 )
 from ..logs import StageProgress, setup_logging
 from .parser import parse_args
@@ -27,6 +30,7 @@ def main(argv=None) -> int:
     """Console entry point; returns (and exits with) a BIDS-Apps exit code."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+    previous = _catch_signals()
     try:
         config = parse_args(argv, check_paths=True)
         setup_logging(config.execution.verbosity)
@@ -39,7 +43,78 @@ def main(argv=None) -> int:
         LOG.debug("unexpected error", exc_info=True)
         print(f"gentract: error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
         code = EX_FAILURE
+    except Terminated as err:  # a scheduler's time limit, Ctrl-C, a closed terminal
+        signal.signal(err.signum, signal.SIG_IGN)
+        stop_children()
+        print(f"gentract: error: {err}; committed series are whole, nothing else was written "
+              "to the output (run the same command again to resume)", file=sys.stderr)
+        code = err.exit_code
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return code
+
+
+CAUGHT: list[int] = []  # signals received by this process
+
+
+def _stop_check(callback):
+    """Wrap nipype's status callback: raise :class:`Terminated` before any further node runs
+    once a signal was caught (the callback's exceptions leave nipype's plugins)."""
+    def check(node, status):
+        if CAUGHT:
+            raise Terminated(CAUGHT[0])
+        callback(node, status)
+
+    return check
+
+
+def _catch_signals() -> dict:
+    """SIGTERM/SIGINT/SIGHUP raise :class:`Terminated` in the main thread; returns the old
+    handlers."""
+    def stop(signum, frame):
+        CAUGHT.append(signum)  # nipype's nodes catch even BaseException: see _stop_check
+        raise Terminated(signum)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        previous[signum] = signal.signal(signum, stop)
+    return previous
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids of all descendants of ``pid`` (from /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def stop_children(grace: float = 5.0) -> None:
+    """SIGTERM every descendant (nipype workers, MRtrix3), SIGKILL those left after ``grace``
+    seconds (a worker holding its signals while it commits finishes its renames first)."""
+    pids = _descendants(os.getpid())
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -141,6 +216,10 @@ def run(config: Config, command: str | None = None) -> int:
     except OSError as err:
         raise CannotCreateOutput(f"cannot create {err.filename}: {err.strerror}") from None
     config.to_toml(ex.work_dir / "config.toml")
+    from ..io.commit import recover
+
+    for run_name in recover(ex.output_dir):
+        LOG.warning("completed the interrupted commit of %s into %s", run_name, ex.output_dir)
 
     ok = _run_workflow(config, inputs, device)
     committed = any(ex.output_dir.glob("sub-*"))
@@ -225,13 +304,15 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     plugin = execution.plugin_settings(ex)
     if ex.write_graph:
         execution.write_graph(wf, ex)
-    plugin[1]["status_callback"] = progress
+    plugin[1]["status_callback"] = _stop_check(progress)
     LOG.info("processing %d DWI series with %s", len(inputs),
              f"{ex.nprocs} processes" if ex.nprocs > 1 else "one process")
     started = time.time()
     try:
         wf.run(plugin=plugin[0], plugin_args=plugin[1])
     except Exception as err:  # nipype: RuntimeError (MultiProc) or the node's error (Linear)
+        if CAUGHT:
+            raise Terminated(CAUGHT[0]) from None
         reasons = crash_reasons(ex.work_dir / "crash", since=started)
         for line in reasons:
             print(f"gentract: error: {line}", file=sys.stderr)
@@ -243,6 +324,8 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
             file=sys.stderr,
         )
         return False
+    if CAUGHT:
+        raise Terminated(CAUGHT[0])
     return True
 
 

@@ -1,6 +1,5 @@
 """Derivative writing with niworkflows' DerivativesDataSink and GenTract's naming spec."""
 
-import os
 import shutil
 from pathlib import Path
 
@@ -40,10 +39,11 @@ class _CommitOutputSpec(TraitedSpec):
 
 
 class CommitDerivatives(SimpleInterface):
-    """Copy one series' staged derivatives into the output dataset once all of them exist.
+    """Commit one series' staged derivatives into the output dataset once all of them exist.
 
     It runs only after every sink of the series succeeded, so a failed series leaves nothing
-    half-written in the output; each file lands through an atomic rename.
+    in the output; :func:`..io.commit.commit_series` makes the commit all-or-nothing, even
+    across a kill.
     """
 
     input_spec = _CommitInputSpec
@@ -51,17 +51,11 @@ class CommitDerivatives(SimpleInterface):
     _always_run = True
 
     def _run_interface(self, runtime):
+        from ..io.commit import commit_series
+
         staging = Path(self.inputs.staging_dir)
-        output = Path(self.inputs.output_dir)
-        out_files = []
-        for src in map(Path, self.inputs.in_files):
-            dest = output / src.relative_to(staging)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.partial")
-            shutil.copy2(src, tmp)
-            os.replace(tmp, dest)
-            out_files.append(str(dest))
-        self._results["out_files"] = out_files
+        self._results["out_files"] = commit_series(self.inputs.in_files, staging,
+                                                   self.inputs.output_dir, run=staging.name)
         return runtime
 
 

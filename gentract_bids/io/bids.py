@@ -284,6 +284,7 @@ def write_dataset_description(output_dir: Path, *, source: Path | None = None) -
         desc["GeneratedBy"][0]["Container"] = {"Type": container()}
     if source is not None:
         desc["SourceDatasets"] = [{"URL": f"file://{source}"}]
-    path = output_dir / "dataset_description.json"
-    path.write_text(json.dumps(desc, indent=2) + "\n")
-    return path
+    from .commit import write_atomic
+
+    text = json.dumps(desc, indent=2) + "\n"
+    return write_atomic(output_dir / "dataset_description.json", text)
