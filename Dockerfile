@@ -12,6 +12,7 @@ LABEL org.opencontainers.image.title="gentract" \
       org.opencontainers.image.licenses="Apache-2.0"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Debian's python3 (3.11) for the venv and MRtrix3's scripts; MRtrix3 for the baselines only.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv mrtrix3 \
  && rm -rf /var/lib/apt/lists/* \
