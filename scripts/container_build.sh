@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-localhost/gentract:latest}
-BASE=${BASE:-localhost/debian:bookworm}
+# A Debian host makes its own base from its apt sources; others (CI) pull the public one.
+SOURCES=/etc/apt/sources.list.d/debian.sources
+if [ -f "$SOURCES" ]; then DEFAULT_BASE=localhost/debian:bookworm
+else DEFAULT_BASE=docker.io/library/python:3.11-slim-bookworm; fi
+BASE=${BASE:-$DEFAULT_BASE}
 TORCH=${TORCH:-cpu}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/containers.conf}
 need=()
@@ -16,9 +20,9 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap podman buildah runc \
     charliecloud squashfuse
 fi
-if ! podman image exists "$BASE"; then
+if [ "$BASE" = localhost/debian:bookworm ] && ! podman image exists "$BASE"; then
   tmp=$(mktemp -d)
-  mmdebstrap --variant=minbase bookworm "$tmp/base.tar" /etc/apt/sources.list.d/debian.sources
+  mmdebstrap --variant=minbase bookworm "$tmp/base.tar" "$SOURCES"
   podman import "$tmp/base.tar" "$BASE"
   rm -rf "$tmp"
 fi
