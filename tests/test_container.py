@@ -50,6 +50,8 @@ def test_dockerfile_and_singularity_agree():
     assert "Bootstrap: oci-archive" in sing and f"-o {archive} " in sing
     for var in ("NIPYPE_NO_ET=1", "TEMPLATEFLOW_AUTOUPDATE=0", "/opt/venv/bin"):
         assert var in docker and var in sing, var
-    pins = dict(line.split("==") for line in (ROOT / "requirements.lock").read_text().split())
-    cuda = dict(line.split("==") for line in (ROOT / "requirements-cuda.lock").read_text().split())
-    assert cuda["torch"] == pins["torch"]
+    pins, cuda = (dict(line.split("==") for line in (ROOT / name).read_text().splitlines()
+                       if line and not line.startswith("#"))
+                  for name in ("requirements.lock", "requirements-cuda.lock"))
+    assert cuda["torch"] == pins["torch"] and "triton" in cuda
+    assert "+cpu" not in (ROOT / "requirements-cuda.lock").read_text()
