@@ -10,7 +10,6 @@ LABEL org.opencontainers.image.title="gentract" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="https://github.com/gentract/gentract-bids" \
       org.opencontainers.image.licenses="Apache-2.0"
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Debian's python3 (3.11) for the venv and MRtrix3's scripts; MRtrix3 for the baselines only.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -22,16 +21,16 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0 GENTRACT_CONTAINER=docker \
     MPLCONFIGDIR=/tmp/matplotlib HOME=/tmp PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 COPY requirements.lock requirements-cuda.lock /opt/gentract/
-COPY docker/wheels/ /opt/gentract/wheels/
-# The CA bundle of a proxied build machine comes as a build secret, never into the image.
+# The CA bundle of a proxied build machine comes as a build secret, never into the image; a local
+# torch wheel (docker/wheels) is bind-mounted, so it leaves no layer behind.
 RUN --mount=type=secret,id=cacert \
+    --mount=type=bind,source=docker/wheels,target=/opt/gentract/wheels \
     if [ -f /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
  && if [ "$TORCH" = cuda ]; then pip install -r /opt/gentract/requirements-cuda.lock; \
     elif ls /opt/gentract/wheels/torch-*.whl >/dev/null 2>&1; then \
       pip install --no-deps /opt/gentract/wheels/torch-*.whl; \
     else pip install --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0; fi \
- && pip install -r /opt/gentract/requirements.lock \
- && rm -rf /opt/gentract/wheels
+ && pip install -r /opt/gentract/requirements.lock
 COPY pyproject.toml README.md /opt/gentract/
 COPY gentract_bids /opt/gentract/gentract_bids
 RUN --mount=type=secret,id=cacert \
@@ -39,7 +38,7 @@ RUN --mount=type=secret,id=cacert \
  && pip install --no-deps /opt/gentract \
  && rm -rf /opt/gentract/gentract_bids \
  && python -c "import niworkflows.interfaces.bids, gentract_bids.cli.run" \
- && gentract --version
+ && gentract --version && rm -rf /tmp/* /root/.cache
 USER 999
 # Default work dir ./work = /tmp/work: writable for any uid, also under --read-only (tmpfs /tmp).
 WORKDIR /tmp
