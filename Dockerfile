@@ -1,6 +1,7 @@
 # GenTract-BIDS container: `docker run --gpus all gentract /bids /out participant`
 # Built by `make container` (scripts/container_build.sh) on a locally made Debian base; the world
-# gets python:3.11-slim-bookworm. TORCH=cpu|cuda picks the torch build (cuda: requirements-cuda.lock).
+# gets python:3.11-slim-bookworm. TORCH=cpu|cuda picks the torch build
+# (cuda: requirements-cuda.lock).
 ARG BASE=docker.io/library/python:3.11-slim-bookworm
 FROM ${BASE}
 ARG TORCH=cpu
@@ -15,7 +16,8 @@ LABEL org.opencontainers.image.title="gentract" \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv mrtrix3 \
  && rm -rf /var/lib/apt/lists/* \
- && tckgen -version >/dev/null && tckglobal -version >/dev/null && dwi2response -version >/dev/null \
+ && tckgen -version >/dev/null && tckglobal -version >/dev/null \
+ && dwi2response -version >/dev/null \
  && /usr/bin/python3 -m venv /opt/venv \
  && useradd --system --uid 999 --create-home gentract
 ENV PATH=/opt/venv/bin:$PATH NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0 GENTRACT_CONTAINER=docker \
