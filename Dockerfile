@@ -1,19 +1,47 @@
 # GenTract-BIDS container: `docker run --gpus all gentract /bids /out participant`
-# Not built in this workplace (no Docker engine here); kept in step with requirements.lock.
-FROM python:3.11-slim-bookworm
-# MRtrix3 3.0.x from Debian: the iFOD2 / SD_Stream (+ tcksift) and tckglobal baselines
-# (gentract_bids.baselines.mrtrix); its Python scripts (dwi2response) run on Debian's python3.
+# Built by `make container` (scripts/container_build.sh) on a locally made Debian base; the world
+# gets python:3.11-slim-bookworm. TORCH=cpu|cuda picks the torch build
+# (cuda: requirements-cuda.lock).
+ARG BASE=docker.io/library/python:3.11-slim-bookworm
+FROM ${BASE}
+ARG TORCH=cpu
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="gentract" \
+      org.opencontainers.image.description="GenTract-BIDS: generative global tractography" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="https://github.com/gentract/gentract-bids" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Debian's python3 (3.11) for the venv and MRtrix3's scripts; MRtrix3 for the baselines only.
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends mrtrix3 \
+ && apt-get install -y --no-install-recommends python3 python3-venv mrtrix3 \
  && rm -rf /var/lib/apt/lists/* \
- && tckgen -version >/dev/null && tckglobal -version >/dev/null && dwi2response -version >/dev/null
-ENV NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0 GENTRACT_CONTAINER=docker \
-    MPLCONFIGDIR=/tmp/matplotlib
-WORKDIR /opt/gentract
-COPY requirements.lock pyproject.toml README.md ./
-# From PyPI, torch==2.13.0 on x86_64 is the CUDA build: the GPU is used when present.
-RUN pip install --no-cache-dir -r requirements.lock
-COPY gentract_bids ./gentract_bids
-RUN pip install --no-cache-dir --no-deps . \
- && python -c "import niworkflows.interfaces.bids, gentract_bids.cli.run"
+ && tckgen -version >/dev/null && tckglobal -version >/dev/null \
+ && dwi2response -version >/dev/null \
+ && /usr/bin/python3 -m venv /opt/venv \
+ && useradd --system --uid 999 --create-home gentract
+ENV PATH=/opt/venv/bin:$PATH NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0 GENTRACT_CONTAINER=docker \
+    MPLCONFIGDIR=/tmp/matplotlib HOME=/tmp PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+COPY requirements.lock requirements-cuda.lock /opt/gentract/
+# The CA bundle of a proxied build machine comes as a build secret, never into the image; a local
+# torch wheel (docker/wheels) is bind-mounted, so it leaves no layer behind.
+RUN --mount=type=secret,id=cacert \
+    --mount=type=bind,source=docker/wheels,target=/opt/gentract/wheels \
+    if [ -f /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
+ && if [ "$TORCH" = cuda ]; then pip install -r /opt/gentract/requirements-cuda.lock; \
+    elif ls /opt/gentract/wheels/torch-*.whl >/dev/null 2>&1; then \
+      pip install --no-deps /opt/gentract/wheels/torch-*.whl; \
+    else pip install --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0; fi \
+ && pip install -r /opt/gentract/requirements.lock
+COPY pyproject.toml README.md /opt/gentract/
+COPY gentract_bids /opt/gentract/gentract_bids
+RUN --mount=type=secret,id=cacert \
+    if [ -f /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
+ && pip install --no-deps /opt/gentract \
+ && rm -rf /opt/gentract/gentract_bids \
+ && python -c "import niworkflows.interfaces.bids, gentract_bids.cli.run" \
+ && gentract --version && rm -rf /tmp/* /root/.cache
+USER 999
+# Default work dir ./work = /tmp/work: writable for any uid, also under --read-only (tmpfs /tmp).
+WORKDIR /tmp
 ENTRYPOINT ["gentract"]

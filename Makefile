@@ -33,3 +33,15 @@ test: venv
 
 clean:
 	rm -rf $(VENV) demo
+
+# Containers (README "Containers"): build the OCI image with podman, run the phantom demo inside
+# and outside it, and run it unprivileged with Charliecloud.
+.PHONY: container container-test container-charliecloud
+container:
+	bash scripts/container_build.sh
+
+container-test: venv
+	bash scripts/container_test.sh
+
+container-charliecloud:
+	bash scripts/container_charliecloud.sh

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make container-test`: the tube-phantom demo inside the image (non-root uid, --read-only root,
+# /bids read-only) and the same commands outside it (.venv); outputs are then compared.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IMAGE=${IMAGE:-localhost/gentract:latest}
+T=${CTR_TEST_DIR:-$PWD/ctr-test}
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/containers.conf}
+export NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0
+ARGS=(--model gentract_phantom --random-seed 0 --tracker gentract sdstream
+      --n-streamlines 300 --nprocs 2)
+rm -rf "$T" && mkdir -p "$T/in" "$T/out"
+chmod 777 "$T/in" "$T/out"
+run() { podman run --rm --read-only -u 12345 -v "$T/bids:/bids:ro" -v "$T/in:/out" "$IMAGE" "$@"; }
+echo "== version: $(podman run --rm --read-only -u 12345 "$IMAGE" --version)"
+echo "== phantom (inside, written to /out, then used read-only as /bids)"
+podman run --rm --read-only -u 12345 -v "$T/in:/out" --entrypoint gentract-phantom "$IMAGE" \
+  /out/bids --n-subjects 1 --seed 1000 --voxel-size 4
+mv "$T/in/bids" "$T/bids"
+echo "== participant + group inside"
+time run /bids /out participant "${ARGS[@]}"
+run /bids /out group
+echo "== the same commands outside"
+.venv/bin/gentract-phantom "$T/bids-outside" --n-subjects 1 --seed 1000 --voxel-size 4
+time .venv/bin/gentract "$T/bids" "$T/out" participant -w "$T/work" "${ARGS[@]}"
+.venv/bin/gentract "$T/bids" "$T/out" group -w "$T/work"
+.venv/bin/python scripts/container_compare.py "$T" docker/expected_outputs.txt

@@ -1,0 +1,57 @@
+"""Fast checks of the container files (the real build and run: `make container container-test`)."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from gentract_bids.cli.parser import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DESCRIPTOR = ROOT / "boutiques" / "gentract.json"
+
+
+def _tool(name):
+    path = shutil.which(name) or (BIN / name)
+    assert Path(path).exists(), f"{name} missing: pip install the test extra"
+    return str(path)
+
+
+def test_hadolint_clean():
+    out = subprocess.run([_tool("hadolint"), str(ROOT / "Dockerfile")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_boutiques_descriptor_validates():
+    out = subprocess.run([_tool("bosh"), "validate", str(DESCRIPTOR)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_descriptor_flags_are_the_parsers():
+    flags = {s for a in build_parser()._actions for s in a.option_strings}
+    dests = {a.dest for a in build_parser()._actions}
+    for inp in json.loads(DESCRIPTOR.read_text())["inputs"]:
+        if "command-line-flag" in inp:
+            assert inp["command-line-flag"] in flags, inp["id"]
+        else:
+            assert inp["id"] in dests, inp["id"]
+
+
+def test_dockerfile_and_singularity_agree():
+    docker = (ROOT / "Dockerfile").read_text()
+    sing = (ROOT / "Singularity.def").read_text()
+    assert 'ENTRYPOINT ["gentract"]' in docker and "exec gentract" in sing
+    assert re.search(r"^USER 999$", docker, re.M)
+    archive = re.search(r"^From: (\S+)$", sing, re.M).group(1)
+    assert "Bootstrap: oci-archive" in sing and f"-o {archive} " in sing
+    for var in ("NIPYPE_NO_ET=1", "TEMPLATEFLOW_AUTOUPDATE=0", "/opt/venv/bin"):
+        assert var in docker and var in sing, var
+    pins, cuda = (dict(line.split("==") for line in (ROOT / name).read_text().splitlines()
+                       if line and not line.startswith("#"))
+                  for name in ("requirements.lock", "requirements-cuda.lock"))
+    assert cuda["torch"] == pins["torch"] and "triton" in cuda
+    assert "+cpu" not in (ROOT / "requirements-cuda.lock").read_text()
