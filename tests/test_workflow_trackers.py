@@ -41,8 +41,11 @@ def test_tracker_outputs_are_scored(run, tracker):
     streamlines, _ = load_tractogram(trx)
     assert 0 < len(streamlines) <= N
     side = json.loads(trx.with_suffix(".json").read_text())
-    for key in ("Version", "RandomSeed", "Device", "Container", "Evaluation"):
+    # the tool that tracked keeps its own Software; gentract is the Pipeline around it
+    for key in ("Software", "PipelineVersion", "RandomSeed", "Device", "Container", "Evaluation"):
         assert key in side, key
+    assert side["Software"].split()[0] == ("dipy" if tracker.startswith("dipy") else "MRtrix3")
+    assert side["Pipeline"] == "gentract" and "ModelChecksum" not in side
     assert side["RandomSeed"] == 4
 
     metrics = json.loads((dwi / f"sub-01_space-dwi_desc-eval_model-{model}_metrics.json")
