@@ -11,6 +11,7 @@ Plain functions on numpy arrays.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ FA_MAX_B = 1600.0  # the tensor is fitted to b0 and the shells up to this b-valu
 COARSER = 1.25  # a subject's voxels this much larger than the template's: register at the subject's
 
 
+MAX_AXES_ANGLE = 45.0  # a principal-axes start rotated more than this is not a head pose
+
+
 class RegistrationError(BadDataError):
     """The subject could not be brought into the model's space."""
 
@@ -46,10 +50,8 @@ class Registration:
     stages: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        lin = self.matrix[:3, :3]
-        u, s, vt = np.linalg.svd(lin)
-        rot = u @ vt
-        angle = float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1))))
+        s = np.linalg.svd(self.matrix[:3, :3], compute_uv=False)
+        angle = rotation_degrees(self.matrix)
         return {"Method": "dipy imaffine: " + " -> ".join(PIPELINE) + " (mutual information, "
                           f"{NBINS} bins; levels: factors {list(FACTORS)}, sigmas {list(SIGMAS)}, "
                           f"iterations {list(LEVEL_ITERS)})",
@@ -100,6 +102,42 @@ def mask_dice(template_mask, template_affine, subject_mask, subject_affine, matr
     return float(2.0 * (mapped & sub).sum() / denom) if denom else 0.0
 
 
+def principal_axes(mask, affine):
+    """Centroid (mm), axes (3, 3; columns, largest extent first) and their variances of the
+    voxels of ``mask`` in world mm."""
+    ijk = np.argwhere(np.asarray(mask, bool)).astype(float)
+    xyz = ijk @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3]
+    centre = xyz.mean(axis=0)
+    var, axes = np.linalg.eigh(np.cov((xyz - centre).T))
+    return centre, axes[:, ::-1], var[::-1]
+
+
+def rotation_degrees(matrix) -> float:
+    """Angle (degrees) of the rotation part of a 3x3 or 4x4 matrix (polar decomposition)."""
+    u, _, vt = np.linalg.svd(np.asarray(matrix, float)[:3, :3])
+    rot = u @ vt
+    return float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1))))
+
+
+def axes_start(template_mask, template_affine, mask, affine):
+    """Rigid start (template mm -> subject mm) that maps the template brain's principal axes and
+    centroid onto the subject's: of the axis sign choices that make a rotation, the smallest
+    rotation. ``None`` when it exceeds :data:`MAX_AXES_ANGLE` (elongation too weak to tell)."""
+    c_t, a_t, _ = principal_axes(template_mask, template_affine)
+    c_s, a_s, _ = principal_axes(mask, affine)
+    best = None
+    for signs in itertools.product((1.0, -1.0), repeat=3):
+        rot = a_s @ np.diag(signs) @ a_t.T
+        if np.linalg.det(rot) > 0 and (best is None
+                                       or rotation_degrees(rot) < rotation_degrees(best)):
+            best = rot
+    if rotation_degrees(best) > MAX_AXES_ANGLE:
+        return None
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = best, c_s - best @ c_t
+    return out
+
+
 def static_image(template, subject_affine):
     """The template FA and mask that the registration matches the subject to, and their grid.
 
@@ -139,6 +177,10 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
     translation where the images hardly overlap (measured: a phantom whose centre-of-mass start
     had Dice 0.88 ended at 0.02, 116 mm off, in the translation stage's coarsest level). Such a
     stage is run again without its coarsest level, and left out if it still falls.
+    The rigid stage runs twice, from the translation stage's result and from the principal-axes
+    start (:func:`axes_start`), and keeps the higher mutual information: from the first alone
+    the rotation stopped short in a local optimum (held-out phantom rotated 15 degrees: 5 degrees
+    found, 12 mm off; a development subject: 13.8 degrees found, 1.75 mm with both starts).
     Deterministic: the mutual information is computed on every voxel (no random sampling).
     Raises :class:`RegistrationError` when the final overlap is below ``min_dice``."""
     from dipy.align.imaffine import (AffineRegistration, MutualInformationMetric,
@@ -167,11 +209,21 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
                                                                 sampling_proportion=None),
                                  level_iters=list(levels), sigmas=list(SIGMAS[-k:]),
                                  factors=list(FACTORS[-k:]), verbosity=0)
-        out = reg.optimize(static, moving, kinds[kind](), None,
-                           static_grid2world=static_affine, moving_grid2world=affine,
-                           starting_affine=start, **masks)
-        return np.asarray(out.affine, float)
+        out, _, cost = reg.optimize(static, moving, kinds[kind](), None,
+                                    static_grid2world=static_affine, moving_grid2world=affine,
+                                    starting_affine=start, ret_metric=True, **masks)
+        return np.asarray(out.affine, float), float(cost)
 
+    def best_start(kind, start, levels):
+        """The stage run from ``start`` and, for the rigid stage, also from the principal-axes
+        start: the result with the higher mutual information (lower cost)."""
+        runs = [(*run_stage(kind, start, levels), "previous stage")]
+        if kind == "rigid" and axes is not None:
+            runs.append((*run_stage(kind, axes, levels), "principal axes"))
+        best_run = min(runs, key=lambda r: r[1])
+        return best_run[0], best_run[2]
+
+    axes = axes_start(template.mask, template.affine, mask, affine)
     matrix = np.eye(4)
     stages = []
     best = -1.0
@@ -182,18 +234,19 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
             best = dice_of(matrix)
             stages.append({"stage": kind, "dice": round(best, 4)})
             continue
-        cand = run_stage(kind, matrix, level_iters)
+        cand, start = best_start(kind, matrix, level_iters)
         d = dice_of(cand)
         note = "kept"
         if d < best - MAX_DICE_DROP and len(level_iters) > 1:
-            cand = run_stage(kind, matrix, level_iters[1:])
+            cand, start = best_start(kind, matrix, level_iters[1:])
             d = dice_of(cand)
             note = "rerun without the coarsest level"
         if d < best - MAX_DICE_DROP:
             note = "left out (the overlap fell)"
         else:
             matrix, best = cand, max(best, d) if note == "kept" else d
-        stages.append({"stage": kind, "dice": round(float(d), 4), "result": note})
+        stages.append({"stage": kind, "dice": round(float(d), 4), "result": note,
+                       "start": start})
         if note != "kept":
             LOG.warning("%s: registration stage %s: %s (Dice %.2f)", name, kind, note, d)
     dice = dice_of(matrix)
