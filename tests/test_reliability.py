@@ -134,3 +134,38 @@ def test_sigterm_stops_cleanly_and_rerun_completes(tmp_path):
     assert list(out.glob("sub-01/dwi/*_param-fod_dwimap.nii.gz"))
     assert (out / "dataset_description.json").exists() and unfinished(out) == []
     assert tree_digest(bids) == before
+
+
+def _commit_many(out: str, worker: int, rounds: int) -> None:
+    """Commit series ``w<worker>_<i>`` (3 files each) into ``out``, recovering before each."""
+    from gentract_bids.io.commit import commit_series, recover
+
+    for i in range(rounds):
+        run = f"w{worker}_{i}"
+        staging = Path(out).parent / "work" / run
+        files = [staging / f"sub-{run}" / f"f{k}.txt" for k in range(3)]
+        for f in files:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(f"{run} {f.name}")
+        recover(out)  # what every participant run does first: must not touch the others
+        commit_series(files, staging, out, run)
+
+
+def test_concurrent_commits_and_recovery_stay_whole(tmp_path):
+    """Four processes committing and recovering in one OUTPUT_DIR at once: every series whole,
+    no stage, journal or lock left (the hidden folder and its locks come and go under them)."""
+    import multiprocessing
+
+    out, rounds = tmp_path / "out", 15
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_commit_many, args=(str(out), w, rounds)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    for w in range(4):
+        for i in range(rounds):
+            for k in range(3):
+                assert (out / f"sub-w{w}_{i}" / f"f{k}.txt").read_text() == f"w{w}_{i} f{k}.txt"
+    assert not (out / HIDDEN).exists() and unfinished(out) == []

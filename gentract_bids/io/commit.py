@@ -57,13 +57,23 @@ def _journal(output_dir: Path, run: str) -> Path:
 def _locked(output_dir: Path, run: str, wait: bool = True):
     """Hold ``.gentract/.<run>.lock`` (yields False, unlocked, when busy and not ``wait``)."""
     path = Path(output_dir) / HIDDEN / f".{run}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fh = open(path, "a")
+        except FileNotFoundError:  # another run removed the empty .gentract in between
+            continue
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
+            fh.close()
             yield False
             return
+        with contextlib.suppress(FileNotFoundError):  # the holder before us removed it
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        fh.close()  # locked a removed file: lock the one at ``path`` now
+    with fh:
         try:
             yield True
         finally:
