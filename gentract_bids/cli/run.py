@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -16,8 +18,10 @@ from ..errors import (
     EX_OK,
     BadDataError,
     CannotCreateOutput,
+    DiskFull,
     GenTractError,
     NoInputError,
+    OutOfMemory,
     Terminated,
 )
 from ..logs import StageProgress, setup_logging
@@ -41,8 +45,10 @@ def main(argv=None) -> int:
         code = err.exit_code
     except Exception as err:  # a bug, not bad input: one line, the traceback with -v
         LOG.debug("unexpected error", exc_info=True)
-        print(f"gentract: error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
-        code = EX_FAILURE
+        found = resource_error(err)  # a full disk or no memory: no bug, say which
+        print(f"gentract: error: {found or f'internal error: {type(err).__name__}: {err}'}",
+              file=sys.stderr)
+        code = found.exit_code if found else EX_FAILURE
     except Terminated as err:  # a scheduler's time limit, Ctrl-C, a closed terminal
         signal.signal(err.signum, signal.SIG_IGN)
         stop_children()
@@ -53,6 +59,40 @@ def main(argv=None) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return code
+
+
+NO_SPACE = ("[Errno 28]", "No space left on device", "[Errno 122]", "Disk quota exceeded")
+NO_MEMORY = ("MemoryError", "Cannot allocate memory", "can't allocate memory",
+             "failed to map segment", "Unable to allocate", "[Errno 12]")
+MEMORY_HINT = ("raise the memory limit, or lower --nprocs, --n-streamlines or --batch-size "
+               "(--mem sizes the batches)")
+
+
+def _free_mb(path) -> str:
+    """Free space on the device of ``path`` (or of its nearest existing folder), in MB."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    with contextlib.suppress(OSError):
+        return f"{shutil.disk_usage(existing).free / 1e6:.1f} MB free"
+    return "free space unknown"
+
+
+def resource_error(err, target=None, node: str = "") -> GenTractError | None:
+    """:class:`DiskFull` (73) or :class:`OutOfMemory` (1), one line each, when ``err`` (an
+    exception, or the last line of a failed node's traceback) says the disk or the memory ran
+    out; else None. ``target``: the directory that filled (default: the error's file)."""
+    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    during = f" while {node} ran" if node else ""
+    if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+            or any(m in text for m in NO_SPACE)):
+        target = target or getattr(err, "filename", None) or "the output or work directory"
+        return DiskFull(f"no space left on the device of {target} ({_free_mb(target)} now)"
+                        f"{during}: free space or choose another location, then run the same "
+                        "command again (nothing of an unfinished series is in the output)")
+    if isinstance(err, MemoryError) or any(m in text for m in NO_MEMORY):
+        first = (text.strip().splitlines() or [""])[0][:200]
+        return OutOfMemory(f"out of memory{during} ({first}): {MEMORY_HINT}")
+    return None
 
 
 CAUGHT: list[int] = []  # signals received by this process
@@ -221,7 +261,11 @@ def run(config: Config, command: str | None = None) -> int:
     for run_name in recover(ex.output_dir):
         LOG.warning("completed the interrupted commit of %s into %s", run_name, ex.output_dir)
 
-    ok = _run_workflow(config, inputs, device)
+    failure = None
+    try:
+        ok = _run_workflow(config, inputs, device)
+    except (DiskFull, OutOfMemory) as err:  # the series committed before it stay described
+        ok, failure = False, err
     committed = any(ex.output_dir.glob("sub-*"))
     if committed:
         from ..io.bids import write_dataset_description
@@ -230,6 +274,8 @@ def run(config: Config, command: str | None = None) -> int:
         write_citation(config, execution.logs_dir(ex))
     elif created_output and not any(ex.output_dir.iterdir()):
         ex.output_dir.rmdir()
+    if failure is not None:
+        raise failure
     if not ok:
         return EX_FAILURE
     trackers = config.workflow.trackers
@@ -277,6 +323,41 @@ def crash_reasons(crash_dir: Path, since: float = 0.0) -> list[str]:
     return out
 
 
+def _resource_failure(reasons: list[str], err: Exception, ex) -> GenTractError | None:
+    """A full disk or exhausted memory behind the failed nodes (``reasons``, "node: last line"
+    each) or ``err``: the commit node writes the output directory, every other node the work
+    directory; a work device left with under 1 MB free also counts (its crash files may be
+    empty)."""
+    for line in [*reasons, f"{type(err).__name__}: {err}"]:
+        node = line.split(":", 1)[0] if line in reasons else ""
+        target = ex.output_dir if node.endswith(".commit") else ex.work_dir
+        found = resource_error(line, target=target, node=node)
+        if found is not None:
+            return found
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(ex.work_dir).free < 1e6:
+            return resource_error(OSError(errno.ENOSPC, "full"), target=ex.work_dir)
+    return None
+
+
+class CrashSummary(logging.Filter):
+    """nipype logs "Saving crash info to FILE" with the node's whole traceback (on stdout): keep
+    the line, drop the traceback (it is in FILE; ``-v`` keeps it)."""
+
+    def filter(self, record):
+        if str(record.msg).startswith("Saving crash info to") and record.args:
+            record.msg, record.args = "Saving crash info to %s", record.args[:1]
+        return True
+
+
+def _crash_logging(verbosity: int) -> None:
+    logger = logging.getLogger("nipype.workflow")
+    for old in [f for f in logger.filters if isinstance(f, CrashSummary)]:
+        logger.removeFilter(old)
+    if verbosity == 0:
+        logger.addFilter(CrashSummary())
+
+
 def _run_workflow(config: Config, inputs, device: str) -> bool:
     from nipype import config as ncfg
 
@@ -285,6 +366,7 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
 
     ex = config.execution
     execution.apply_resources(ex)
+    _crash_logging(ex.verbosity)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ex.omp_nthreads)  # inherited by nipype's worker processes
     ncfg.set("execution", "crashdump_dir", str(ex.work_dir / "crash"))
@@ -314,6 +396,9 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
         if CAUGHT:
             raise Terminated(CAUGHT[0]) from None
         reasons = crash_reasons(ex.work_dir / "crash", since=started)
+        found = _resource_failure(reasons, err, ex)
+        if found is not None:
+            raise found from None
         for line in reasons:
             print(f"gentract: error: {line}", file=sys.stderr)
         summary = (f"{len(reasons)} node(s) failed" if reasons

@@ -99,18 +99,25 @@ def commit_series(files, staging_dir, output_dir, run: str) -> list[str]:
     returns the committed paths."""
     staging, output_dir = Path(staging_dir), Path(output_dir)
     rel = [str(Path(f).relative_to(staging)) for f in files]
-    stage = output_dir / HIDDEN / run
-    with _locked(output_dir, run):
-        shutil.rmtree(stage, ignore_errors=True)
-        for name in rel:  # the slow part: a kill here leaves no journal (rolled back)
-            (stage / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(staging / name, stage / name)
-        with signals_held():
-            write_atomic(_journal(output_dir, run), json.dumps({"run": run, "files": rel}))
-            _move(stage, output_dir, rel)
-            _journal(output_dir, run).unlink()
-        shutil.rmtree(stage, ignore_errors=True)
-    _cleanup(output_dir, run)
+    stage, journal = output_dir / HIDDEN / run, _journal(output_dir, run)
+    try:
+        with _locked(output_dir, run):
+            shutil.rmtree(stage, ignore_errors=True)
+            try:
+                for name in rel:  # the slow part: a kill here leaves no journal (rolled back)
+                    (stage / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(staging / name, stage / name)
+                with signals_held():
+                    write_atomic(journal, json.dumps({"run": run, "files": rel}))
+                    _move(stage, output_dir, rel)
+                    journal.unlink()
+            except BaseException:  # a full disk, a signal: a stage without journal goes now
+                if not journal.exists():
+                    shutil.rmtree(stage, ignore_errors=True)
+                raise
+            shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        _cleanup(output_dir, run)
     return [str(output_dir / name) for name in rel]
 
 
