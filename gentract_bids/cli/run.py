@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -41,6 +42,8 @@ def main(argv=None) -> int:
         args = sys.argv[1:] if argv is None else list(argv)
         code = run(config, command=" ".join(["gentract", *map(str, args)]))
     except GenTractError as err:
+        if isinstance(err, BadDataError):  # "cannot read X" from a MemoryError: say so
+            err = _resource_cause(err) or err
         print(f"gentract: error: {err}", file=sys.stderr)
         code = err.exit_code
     except Exception as err:  # a bug, not bad input: one line, the traceback with -v
@@ -92,6 +95,18 @@ def resource_error(err, target=None, node: str = "") -> GenTractError | None:
     if isinstance(err, MemoryError) or any(m in text for m in NO_MEMORY):
         first = (text.strip().splitlines() or [""])[0][:200]
         return OutOfMemory(f"out of memory{during} ({first}): {MEMORY_HINT}")
+    return None
+
+
+def _resource_cause(err: BaseException) -> GenTractError | None:
+    """:func:`resource_error` of the MemoryError or full-disk OSError behind ``err``, if any."""
+    for _ in range(5):
+        err = err.__cause__ or err.__context__
+        if isinstance(err, MemoryError) or isinstance(err, OSError) and err.errno in (
+                errno.ENOSPC, errno.EDQUOT):
+            return resource_error(err)
+        if err is None:
+            return None
     return None
 
 
@@ -307,6 +322,9 @@ def write_reports(config: Config, subjects, command: str | None = None) -> bool:
     return ok
 
 
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)(:|$)")  # "MemoryError", too
+
+
 def crash_reasons(crash_dir: Path, since: float = 0.0) -> list[str]:
     """One line per nipype crash file written after ``since``: the failed node and the last line
     of its traceback (the exception and its message), e.g. a failed registration."""
@@ -317,8 +335,9 @@ def crash_reasons(crash_dir: Path, since: float = 0.0) -> list[str]:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
         node = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Node:")), "?")
         tb = [ln for ln in lines if ln.startswith("Traceback")]
-        last = next((ln for ln in reversed(lines) if ":" in ln and not ln.startswith(
-            ("File ", "Node", "Working", "Traceback"))), lines[-1] if lines else "")
+        last = next((ln for ln in reversed(lines) if EXCEPTION_LINE.match(ln)), None) or next(
+            (ln for ln in reversed(lines) if ":" in ln and not ln.startswith(
+                ("File ", "Node", "Working", "Traceback"))), lines[-1] if lines else "")
         out.append(f"{node}: {last}" if tb or last else node)
     return out
 
@@ -329,9 +348,9 @@ def _resource_failure(reasons: list[str], err: Exception, ex) -> GenTractError |
     directory; a work device left with under 1 MB free also counts (its crash files may be
     empty)."""
     for line in [*reasons, f"{type(err).__name__}: {err}"]:
-        node = line.split(":", 1)[0] if line in reasons else ""
+        node, text = line.split(": ", 1) if line in reasons and ": " in line else ("", line)
         target = ex.output_dir if node.endswith(".commit") else ex.work_dir
-        found = resource_error(line, target=target, node=node)
+        found = resource_error(text, target=target, node=node)
         if found is not None:
             return found
     with contextlib.suppress(OSError):
