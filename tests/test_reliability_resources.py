@@ -67,7 +67,7 @@ def _gentract(bids, out, work, **kwargs):
     cmd = [*kwargs.pop("prefix", []), sys.executable, "-m", "gentract_bids.cli.run", str(bids),
            str(out), "participant",
            "-w", str(work), "--nprocs", "1", "--skip-bids-validation",
-           "--model", "gentract_phantom", "--tracker", "none"]
+           "--model", "gentract_phantom", "--tracker", "none", *kwargs.pop("extra", [])]
     env = {**os.environ, "NIPYPE_NO_ET": "1", "PYTHONPATH": str(REPO), **kwargs.pop("env", {})}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, **kwargs)
