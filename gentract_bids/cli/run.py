@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import sys
@@ -52,6 +54,10 @@ def main(argv=None) -> int:
         print(f"gentract: error: {found or f'internal error: {type(err).__name__}: {err}'}",
               file=sys.stderr)
         code = found.exit_code if found else EX_FAILURE
+        if isinstance(found, OutOfMemory):  # nipype half-imported: its exit hook would
+            cfg = sys.modules.get("nipype.utils.config")  # import it again and fail loudly
+            if hasattr(cfg, "free_display"):
+                atexit.unregister(cfg.free_display)
     except Terminated as err:  # a scheduler's time limit, Ctrl-C, a closed terminal
         signal.signal(err.signum, signal.SIG_IGN)
         stop_children()
@@ -84,7 +90,7 @@ def resource_error(err, target=None, node: str = "") -> GenTractError | None:
     """:class:`DiskFull` (73) or :class:`OutOfMemory` (1), one line each, when ``err`` (an
     exception, or the last line of a failed node's traceback) says the disk or the memory ran
     out; else None. ``target``: the directory that filled (default: the error's file)."""
-    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}".rstrip(": ")
     during = f" while {node} ran" if node else ""
     if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
             or any(m in text for m in NO_SPACE)):
@@ -92,10 +98,25 @@ def resource_error(err, target=None, node: str = "") -> GenTractError | None:
         return DiskFull(f"no space left on the device of {target} ({_free_mb(target)} now)"
                         f"{during}: free space or choose another location, then run the same "
                         "command again (nothing of an unfinished series is in the output)")
-    if isinstance(err, MemoryError) or any(m in text for m in NO_MEMORY):
+    if (isinstance(err, MemoryError) or any(m in text for m in NO_MEMORY)
+            or not isinstance(err, str) and _at_memory_limit()):
         first = (text.strip().splitlines() or [""])[0][:200]
         return OutOfMemory(f"out of memory{during} ({first}): {MEMORY_HINT}")
     return None
+
+
+def _at_memory_limit(margin: int = 64 << 20) -> bool:
+    """Whether this process came within ``margin`` bytes of its address-space limit (``ulimit
+    -v``, ``prlimit --as``): allocations that fail inside CPython (while importing, compiling)
+    surface as odd errors (SystemError, ValueError) rather than MemoryError."""
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return False
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        peak = int(next(ln for ln in status if ln.startswith("VmPeak")).split()[1]) * 1024
+        return peak > soft - margin
+    return False
 
 
 def _resource_cause(err: BaseException) -> GenTractError | None:
