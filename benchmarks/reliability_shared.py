@@ -13,6 +13,7 @@ the BIDS validator, through ``runuser`` (needs root and an interpreter that acco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -84,6 +85,11 @@ def read_only(root: Path, bids: Path, n: int, user: str) -> bool:
     (tools / "bids-validator-deno").write_text(
         f"#!{py}\nimport sys\nfrom bids_validator_deno import cli\nsys.exit(cli())\n")
     (tools / "bids-validator-deno").chmod(0o755)
+    home = Path("~" + user).expanduser()  # where deno's finder looks for that interpreter
+    (home / ".local/bin").mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        (home / ".local/bin/deno").symlink_to(Path(sys.executable).parent / "deno")
+    subprocess.run(["chown", "-R", user, str(home / ".local")], check=True)
     env = {"PYTHONPATH": f"{REPO}:{site}", "HOME": str(Path("~" + user).expanduser()),
            "PATH": f"{tools}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
     cmd = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
