@@ -46,6 +46,16 @@ class CannotCreateOutput(GenTractError):
     exit_code = EX_CANTCREAT
 
 
+class DiskFull(CannotCreateOutput):
+    """No space left (or the quota exceeded) on the device of the output or work directory."""
+
+
+class OutOfMemory(GenTractError):
+    """Memory ran out (a ``ulimit -v``/cgroup limit, ``MemoryError``, a failed allocation)."""
+
+    exit_code = EX_FAILURE
+
+
 class CheckpointError(BadDataError):
     """A model checkpoint is missing, corrupt, tampered with or does not match its config."""
 

@@ -99,8 +99,9 @@ def write_citation(config, out_dir: Path) -> list[Path]:
         f"  journal = {{{r[2]}}},\n  year = {{{r[3]}}}" + (f",\n  doi = {{{r[4]}}}" if r[4]
                                                             else "") + "\n}\n\n"
         for key, r in zip(keys, refs))
-    paths = []
+    from ..io.commit import write_atomic
+
+    paths = []  # concurrent runs of other participants write them too: whole files only
     for name, content in (("CITATION.md", md), ("CITATION.html", page), ("CITATION.bib", bib)):
-        (out_dir / name).write_text(content)
-        paths.append(out_dir / name)
+        paths.append(write_atomic(out_dir / name, content))
     return paths

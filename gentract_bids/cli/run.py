@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import logging
 import os
+import re
+import resource
+import shutil
 import signal
 import sys
 import time
@@ -16,8 +21,10 @@ from ..errors import (
     EX_OK,
     BadDataError,
     CannotCreateOutput,
+    DiskFull,
     GenTractError,
     NoInputError,
+    OutOfMemory,
     Terminated,
 )
 from ..logs import StageProgress, setup_logging
@@ -37,12 +44,20 @@ def main(argv=None) -> int:
         args = sys.argv[1:] if argv is None else list(argv)
         code = run(config, command=" ".join(["gentract", *map(str, args)]))
     except GenTractError as err:
+        if isinstance(err, BadDataError):  # "cannot read X" from a MemoryError: say so
+            err = _resource_cause(err) or err
         print(f"gentract: error: {err}", file=sys.stderr)
         code = err.exit_code
     except Exception as err:  # a bug, not bad input: one line, the traceback with -v
         LOG.debug("unexpected error", exc_info=True)
-        print(f"gentract: error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
-        code = EX_FAILURE
+        found = resource_error(err)  # a full disk or no memory: no bug, say which
+        print(f"gentract: error: {found or f'internal error: {type(err).__name__}: {err}'}",
+              file=sys.stderr)
+        code = found.exit_code if found else EX_FAILURE
+        if isinstance(found, OutOfMemory):  # nipype half-imported: its exit hook would
+            cfg = sys.modules.get("nipype.utils.config")  # import it again and fail loudly
+            if hasattr(cfg, "free_display"):
+                atexit.unregister(cfg.free_display)
     except Terminated as err:  # a scheduler's time limit, Ctrl-C, a closed terminal
         signal.signal(err.signum, signal.SIG_IGN)
         stop_children()
@@ -53,6 +68,67 @@ def main(argv=None) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return code
+
+
+NO_SPACE = ("[Errno 28]", "No space left on device", "[Errno 122]", "Disk quota exceeded")
+NO_MEMORY = ("MemoryError", "Cannot allocate memory", "can't allocate memory",
+             "failed to map segment", "Unable to allocate", "[Errno 12]")
+MEMORY_HINT = ("raise the memory limit, or lower --nprocs, --n-streamlines or --batch-size "
+               "(--mem sizes the batches)")
+
+
+def _free_mb(path) -> str:
+    """Free space on the device of ``path`` (or of its nearest existing folder), in MB."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    with contextlib.suppress(OSError):
+        return f"{shutil.disk_usage(existing).free / 1e6:.1f} MB free"
+    return "free space unknown"
+
+
+def resource_error(err, target=None, node: str = "") -> GenTractError | None:
+    """:class:`DiskFull` (73) or :class:`OutOfMemory` (1), one line each, when ``err`` (an
+    exception, or the last line of a failed node's traceback) says the disk or the memory ran
+    out; else None. ``target``: the directory that filled (default: the error's file)."""
+    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}".rstrip(": ")
+    during = f" while {node} ran" if node else ""
+    if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+            or any(m in text for m in NO_SPACE)):
+        target = target or getattr(err, "filename", None) or "the output or work directory"
+        return DiskFull(f"no space left on the device of {target} ({_free_mb(target)} now)"
+                        f"{during}: free space or choose another location, then run the same "
+                        "command again (nothing of an unfinished series is in the output)")
+    if (isinstance(err, MemoryError) or any(m in text for m in NO_MEMORY)
+            or not isinstance(err, str) and _at_memory_limit()):
+        first = (text.strip().splitlines() or [""])[0][:200]
+        return OutOfMemory(f"out of memory{during} ({first}): {MEMORY_HINT}")
+    return None
+
+
+def _at_memory_limit(margin: int = 64 << 20) -> bool:
+    """Whether this process came within ``margin`` bytes of its address-space limit (``ulimit
+    -v``, ``prlimit --as``): allocations that fail inside CPython (while importing, compiling)
+    surface as odd errors (SystemError, ValueError) rather than MemoryError."""
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return False
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        peak = int(next(ln for ln in status if ln.startswith("VmPeak")).split()[1]) * 1024
+        return peak > soft - margin
+    return False
+
+
+def _resource_cause(err: BaseException) -> GenTractError | None:
+    """:func:`resource_error` of the MemoryError or full-disk OSError behind ``err``, if any."""
+    for _ in range(5):
+        err = err.__cause__ or err.__context__
+        if isinstance(err, MemoryError) or isinstance(err, OSError) and err.errno in (
+                errno.ENOSPC, errno.EDQUOT):
+            return resource_error(err)
+        if err is None:
+            return None
+    return None
 
 
 CAUGHT: list[int] = []  # signals received by this process
@@ -221,7 +297,11 @@ def run(config: Config, command: str | None = None) -> int:
     for run_name in recover(ex.output_dir):
         LOG.warning("completed the interrupted commit of %s into %s", run_name, ex.output_dir)
 
-    ok = _run_workflow(config, inputs, device)
+    failure = None
+    try:
+        ok = _run_workflow(config, inputs, device)
+    except (DiskFull, OutOfMemory) as err:  # the series committed before it stay described
+        ok, failure = False, err
     committed = any(ex.output_dir.glob("sub-*"))
     if committed:
         from ..io.bids import write_dataset_description
@@ -230,6 +310,8 @@ def run(config: Config, command: str | None = None) -> int:
         write_citation(config, execution.logs_dir(ex))
     elif created_output and not any(ex.output_dir.iterdir()):
         ex.output_dir.rmdir()
+    if failure is not None:
+        raise failure
     if not ok:
         return EX_FAILURE
     trackers = config.workflow.trackers
@@ -261,6 +343,9 @@ def write_reports(config: Config, subjects, command: str | None = None) -> bool:
     return ok
 
 
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)(:|$)")  # "MemoryError", too
+
+
 def crash_reasons(crash_dir: Path, since: float = 0.0) -> list[str]:
     """One line per nipype crash file written after ``since``: the failed node and the last line
     of its traceback (the exception and its message), e.g. a failed registration."""
@@ -271,10 +356,46 @@ def crash_reasons(crash_dir: Path, since: float = 0.0) -> list[str]:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
         node = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Node:")), "?")
         tb = [ln for ln in lines if ln.startswith("Traceback")]
-        last = next((ln for ln in reversed(lines) if ":" in ln and not ln.startswith(
-            ("File ", "Node", "Working", "Traceback"))), lines[-1] if lines else "")
+        last = next((ln for ln in reversed(lines) if EXCEPTION_LINE.match(ln)), None) or next(
+            (ln for ln in reversed(lines) if ":" in ln and not ln.startswith(
+                ("File ", "Node", "Working", "Traceback"))), lines[-1] if lines else "")
         out.append(f"{node}: {last}" if tb or last else node)
     return out
+
+
+def _resource_failure(reasons: list[str], err: Exception, ex) -> GenTractError | None:
+    """A full disk or exhausted memory behind the failed nodes (``reasons``, "node: last line"
+    each) or ``err``: the commit node writes the output directory, every other node the work
+    directory; a work device left with under 1 MB free also counts (its crash files may be
+    empty)."""
+    for line in [*reasons, f"{type(err).__name__}: {err}"]:
+        node, text = line.split(": ", 1) if line in reasons and ": " in line else ("", line)
+        target = ex.output_dir if node.endswith(".commit") else ex.work_dir
+        found = resource_error(text, target=target, node=node)
+        if found is not None:
+            return found
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(ex.work_dir).free < 1e6:
+            return resource_error(OSError(errno.ENOSPC, "full"), target=ex.work_dir)
+    return None
+
+
+class CrashSummary(logging.Filter):
+    """nipype logs "Saving crash info to FILE" with the node's whole traceback (on stdout): keep
+    the line, drop the traceback (it is in FILE; ``-v`` keeps it)."""
+
+    def filter(self, record):
+        if str(record.msg).startswith("Saving crash info to") and record.args:
+            record.msg, record.args = "Saving crash info to %s", record.args[:1]
+        return True
+
+
+def _crash_logging(verbosity: int) -> None:
+    logger = logging.getLogger("nipype.workflow")
+    for old in [f for f in logger.filters if isinstance(f, CrashSummary)]:
+        logger.removeFilter(old)
+    if verbosity == 0:
+        logger.addFilter(CrashSummary())
 
 
 def _run_workflow(config: Config, inputs, device: str) -> bool:
@@ -285,6 +406,7 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
 
     ex = config.execution
     execution.apply_resources(ex)
+    _crash_logging(ex.verbosity)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ex.omp_nthreads)  # inherited by nipype's worker processes
     ncfg.set("execution", "crashdump_dir", str(ex.work_dir / "crash"))
@@ -314,6 +436,9 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
         if CAUGHT:
             raise Terminated(CAUGHT[0]) from None
         reasons = crash_reasons(ex.work_dir / "crash", since=started)
+        found = _resource_failure(reasons, err, ex)
+        if found is not None:
+            raise found from None
         for line in reasons:
             print(f"gentract: error: {line}", file=sys.stderr)
         summary = (f"{len(reasons)} node(s) failed" if reasons

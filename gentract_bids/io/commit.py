@@ -57,13 +57,23 @@ def _journal(output_dir: Path, run: str) -> Path:
 def _locked(output_dir: Path, run: str, wait: bool = True):
     """Hold ``.gentract/.<run>.lock`` (yields False, unlocked, when busy and not ``wait``)."""
     path = Path(output_dir) / HIDDEN / f".{run}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fh = open(path, "a")
+        except FileNotFoundError:  # another run removed the empty .gentract in between
+            continue
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
+            fh.close()
             yield False
             return
+        with contextlib.suppress(FileNotFoundError):  # the holder before us removed it
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        fh.close()  # locked a removed file: lock the one at ``path`` now
+    with fh:
         try:
             yield True
         finally:
@@ -89,18 +99,25 @@ def commit_series(files, staging_dir, output_dir, run: str) -> list[str]:
     returns the committed paths."""
     staging, output_dir = Path(staging_dir), Path(output_dir)
     rel = [str(Path(f).relative_to(staging)) for f in files]
-    stage = output_dir / HIDDEN / run
-    with _locked(output_dir, run):
-        shutil.rmtree(stage, ignore_errors=True)
-        for name in rel:  # the slow part: a kill here leaves no journal (rolled back)
-            (stage / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(staging / name, stage / name)
-        with signals_held():
-            write_atomic(_journal(output_dir, run), json.dumps({"run": run, "files": rel}))
-            _move(stage, output_dir, rel)
-            _journal(output_dir, run).unlink()
-        shutil.rmtree(stage, ignore_errors=True)
-    _cleanup(output_dir, run)
+    stage, journal = output_dir / HIDDEN / run, _journal(output_dir, run)
+    try:
+        with _locked(output_dir, run):
+            shutil.rmtree(stage, ignore_errors=True)
+            try:
+                for name in rel:  # the slow part: a kill here leaves no journal (rolled back)
+                    (stage / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(staging / name, stage / name)
+                with signals_held():
+                    write_atomic(journal, json.dumps({"run": run, "files": rel}))
+                    _move(stage, output_dir, rel)
+                    journal.unlink()
+            except BaseException:  # a full disk, a signal: a stage without journal goes now
+                if not journal.exists():
+                    shutil.rmtree(stage, ignore_errors=True)
+                raise
+            shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        _cleanup(output_dir, run)
     return [str(output_dir / name) for name in rel]
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -64,6 +66,23 @@ def clip_to_mask(streamlines, mask, affine) -> list[np.ndarray]:
     return out
 
 
+def _fix_zip_times(path: Path) -> None:
+    """Date every entry of the TRX zip 1980-01-01 (trx-python stamps the time of writing), so
+    the same streamlines give the same bytes (a rerun, a resumed run)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+            for info in src.infolist():
+                fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+                big = info.file_size >= 1 << 31
+                with src.open(info) as fin, dst.open(fixed, "w", force_zip64=big) as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_tractogram(path, streamlines, affine, shape, groups: dict | None = None,
                     step_size: float | None = None) -> Path:
     """Write ``streamlines`` (list of (n, 3) arrays, RAS+ mm) to .trx/.tck/.trk.
@@ -95,6 +114,7 @@ def save_tractogram(path, streamlines, affine, shape, groups: dict | None = None
             trx.header["STEP_SIZE"] = float(step_size)
         tmm.save(trx, str(path))
         trx.close()
+        _fix_zip_times(path)
     elif ext == ".tck":
         hdr = {} if step_size is None else {"step_size": f"{float(step_size):g}"}
         nib.streamlines.save(nib.streamlines.TckFile(tractogram, header=hdr), str(path))
