@@ -188,6 +188,10 @@ def apply_node_requests(wf, plugin: str, ex) -> int:
     """Turn the nodes' resource hints into per-node scheduler requests (``node.plugin_args``) for
     SLURM, SGE and PBS; returns how many nodes got one. Other plugins read the hints themselves
     (MultiProc) or ignore them."""
+    if plugin not in ("Linear", "MultiProc", "LegacyMultiProc", "IPython"):
+        import getpass
+
+        os.environ.setdefault("LOGNAME", getpass.getuser())  # job names (unset in containers)
     if plugin not in _REQUESTS:
         return 0
     key, template = _REQUESTS[plugin]
