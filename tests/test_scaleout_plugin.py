@@ -83,6 +83,7 @@ def test_heavy_nodes_ask_slurm_for_their_cpus_and_memory(tmp_path, monkeypatch):
     config.workflow.trackers = ["sdstream"]
     hints = resource_hints(config, item)
     assert hints["fodf"] == pytest.approx(0.5 + 3 * 40 * 48 * 40 * 30 * 8 / 2**30, abs=0.01)
+    assert hints["sample"] == 1.0
     wf = init_gentract_wf(config, [item], "cpu")
     assert execution.apply_node_requests(wf, "MultiProc", config.execution) == 0
     n = execution.apply_node_requests(wf, "SLURM", config.execution)
@@ -101,8 +102,11 @@ def test_heavy_nodes_ask_slurm_for_their_cpus_and_memory(tmp_path, monkeypatch):
 def test_mem_budget_caps_the_hints_and_is_the_sampling_request(tmp_path):
     item = _series(tmp_path, shape=(40, 48, 40, 30))
     config = Config(execution=Execution(mem_mb=560))
-    assert resource_hints(config, item) == {"fodf": 0.55, "track": 0.52, "sample": 0.55}
-    assert resource_hints(Config(), item)["sample"] == 2.0
+    assert resource_hints(config, item) == {"fodf": 0.54, "track": 0.51, "sample": 0.54}
+    assert resource_hints(Config(), item)["sample"] == 1.0  # 0.5 + a quarter of 2 GB
+    config.execution.mem_mb = 3686  # slurm_participant.sh's 90 % of 4 GB
+    hints = resource_hints(config, item)
+    assert hints["sample"] == 1.39 and max(hints.values()) <= 3686 / 1024
 
 
 def test_the_sampling_node_asks_for_the_torch_threads(tmp_path, monkeypatch):

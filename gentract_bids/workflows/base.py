@@ -35,16 +35,15 @@ def init_gentract_wf(config: Config, inputs: list[DWIInput], device: str):
 def resource_hints(config: Config, item: DWIInput) -> dict:
     """Memory hints (GB) of the heavy nodes, from the DWI's size (a float64 copy of it: ``dwi``):
     CSD, registration and resampling hold a few such arrays, a baseline tracker the fODF image;
-    GenTract sampling its ``--mem`` budget (default 2 GB). Capped at ``--mem`` so MultiProc can
-    schedule every node."""
+    GenTract sampling 0.5 GB and the quarter of the ``--mem`` budget (default 2 GB) its batches
+    may take (model/inference.py). Capped at ``--mem`` so that MultiProc can run every node."""
     import nibabel as nb
 
     dwi = float(np.prod(nb.load(item.dwi).shape)) * 8 / 2**30
-    ex = config.execution
-    sample = ex.mem_mb / 1024 if ex.mem_mb else 2.0
-    hints = {"fodf": 0.5 + 3 * dwi, "track": 0.5 + dwi, "sample": sample}
-    cap = ex.mem_mb / 1024 if ex.mem_mb else None
-    return {k: round(min(v, cap) if cap else v, 2) for k, v in hints.items()}
+    cap = config.execution.mem_mb / 1024 if config.execution.mem_mb else None
+    hints = {"fodf": 0.5 + 3 * dwi, "track": 0.5 + dwi, "sample": 0.5 + 0.25 * (cap or 2.0)}
+    # rounded down: a hint above MultiProc's memory_gb (--mem) would stop the run
+    return {k: float(np.floor(100 * (min(v, cap) if cap else v)) / 100) for k, v in hints.items()}
 
 
 def truth_dir(config: Config) -> Path:

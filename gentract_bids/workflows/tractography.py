@@ -86,7 +86,7 @@ def init_gentract_tractography_wf(
     support_threshold: float | None = None,
     registered: bool = False,
     step_size: float | None = 1.0,
-    mem_gb: float = 2.0,
+    mem_gb: float = 1.0,
     name: str = "track_gentract_wf",
 ):
     """GenTract: encode the subject's context once, sample ``n_streamlines`` whole streamlines.
