@@ -4,7 +4,10 @@
 
 The run directory receives the resolved config, the subject split, loss curves (CSV + PNG), the
 resumable training state and the checkpoint (``checkpoint/gentract.safetensors`` + ``.json``).
-Running the same command again resumes an interrupted run.
+Running the same command again resumes an interrupted run. Several processes (one per GPU;
+gloo on CPU) split every step's batch and average their gradients:
+
+    torchrun --standalone --nproc-per-node 2 --no-python gentract-train BIDS_DIR RUN_DIR ...
 """
 
 from __future__ import annotations
