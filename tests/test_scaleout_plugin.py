@@ -115,13 +115,14 @@ def test_the_sampling_node_asks_for_the_torch_threads(tmp_path, monkeypatch):
 
     from gentract_bids.workflows.tractography import init_gentract_tractography_wf
 
-    wf = init_gentract_tractography_wf(model_path="m", n_streamlines=10, mem_gb=2.0)
+    wf = init_gentract_tractography_wf(model_path="m", n_streamlines=10, mem_gb=1.0)
     ex = Execution(nprocs=6)
     top = pe.Workflow(name="top")
     top.add_nodes([wf])
     execution.apply_node_requests(top, "SGE", ex)
     sample = wf.get_node("sample")
-    assert sample.plugin_args["qsub_args"] == "-pe smp 6 -l h_vmem=2048M"
+    assert sample.plugin_args["qsub_args"] == "-pe smp 6 -l h_vmem=1024M"
     import os
 
-    assert os.environ[execution.MEM_ENV] == "2048"  # the sampler's batch budget = its request
+    # no --mem: the sampler's batches get the budget its request was computed from (2 GB)
+    assert os.environ[execution.MEM_ENV] == "2048"

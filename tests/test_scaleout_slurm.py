@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GENTRACT = [sys.executable, "-m", "gentract_bids.cli.run"]
 ARGS = ["participant", "--model", "gentract_phantom", "--tracker", "gentract",
-        "--n-streamlines", "200", "--random-seed", "0", "--nprocs", "2"]
+        "--n-streamlines", "200", "--random-seed", "0", "--nprocs", "2",
+        "--mem", "2G"]  # the sampler's batch size follows the memory budget: the same in both
 # what may differ between two runs of the same seed: clocks, hosts, the plugin
 VOLATILE = ("time", "seconds", "date", "duration", "host", "peak", "persecond", "per_s")
 

@@ -18,7 +18,7 @@ from gentract_bids.phantom.cohort import make_cohort
 from gentract_bids.train import loop
 from gentract_bids.train.loop import shard
 
-STEPS = 6
+STEPS = 4
 # 6 SH coefficients (L_max 2), a 4 mm cohort on a 3.75 mm grid, a 2-layer transformer, and a VAE
 # stage whose discriminator is active from its second step.
 TINY = [
@@ -27,7 +27,7 @@ TINY = [
     "model.encoder.channels=[8, 8]", "model.encoder.out_channels=2",
     "model.encoder.downsample=2", "model.encoder.norm_num_groups=2",
     "model.transformer.width=32", "model.transformer.depth=2", "model.transformer.heads=4",
-    "model.transformer.n_points=16", "model.local.hidden=16", "data.rotations.per_subject=3",
+    "model.transformer.n_points=16", "model.local.hidden=16", "data.rotations.per_subject=1",
     "data.template=none",
     "vae.steps_per_coefficient=3", "vae.patch_size=16", "vae.batch_size=2",
     "generator.batch_size=32", "generator.warmup_steps=2", f"generator.steps={STEPS}",

@@ -200,8 +200,10 @@ def apply_node_requests(wf, plugin: str, ex) -> int:
         if node.run_without_submitting:
             continue
         cpus, gb = node_requests(node, ex)
-        if node.name in TORCH_NODES and not ex.mem_mb:  # the sampler's batches fit its request
-            os.environ[MEM_ENV] = str(max(1, int(gb * 1024)))
+        if node.name in TORCH_NODES and not ex.mem_mb:  # the budget its request was made for
+            from ..workflows.base import SAMPLE_BUDGET_GB
+
+            os.environ[MEM_ENV] = str(int(SAMPLE_BUDGET_GB * 1024))
         request = template.format(cpus=cpus, mb=max(1, int(round(gb * 1024))))
         node.plugin_args = {**node.plugin_args, key: request, "overwrite": False}
         count += 1

@@ -32,6 +32,9 @@ def init_gentract_wf(config: Config, inputs: list[DWIInput], device: str):
     return wf
 
 
+SAMPLE_BUDGET_GB = 2.0  # GenTract sampling's memory budget without --mem, on a batch plugin
+
+
 def resource_hints(config: Config, item: DWIInput) -> dict:
     """Memory hints (GB) of the heavy nodes, from the DWI's size (a float64 copy of it: ``dwi``):
     CSD, registration and resampling hold a few such arrays, a baseline tracker the fODF image;
@@ -41,7 +44,8 @@ def resource_hints(config: Config, item: DWIInput) -> dict:
 
     dwi = float(np.prod(nb.load(item.dwi).shape)) * 8 / 2**30
     cap = config.execution.mem_mb / 1024 if config.execution.mem_mb else None
-    hints = {"fodf": 0.5 + 3 * dwi, "track": 0.5 + dwi, "sample": 0.5 + 0.25 * (cap or 2.0)}
+    hints = {"fodf": 0.5 + 3 * dwi, "track": 0.5 + dwi,
+             "sample": 0.5 + 0.25 * (cap or SAMPLE_BUDGET_GB)}
     # rounded down: a hint above MultiProc's memory_gb (--mem) would stop the run
     return {k: float(np.floor(100 * (min(v, cap) if cap else v)) / 100) for k, v in hints.items()}
 
