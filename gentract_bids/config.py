@@ -41,6 +41,7 @@ class Execution:
     boilerplate_only: bool = False  # write logs/CITATION.* and stop
     input_type: str = "auto"  # auto | bids | qsiprep (auto: from dataset_description.json)
     notrack: bool = False  # accepted for fMRIPrep compatibility: nothing is ever tracked
+    plugin: dict | None = None  # --use-plugin: {"plugin": "SLURM", "plugin_args": {...}}
 
 
 @dataclass

@@ -119,14 +119,95 @@ def nipype_settings(ncfg, ex) -> None:
         ncfg.set("monitoring", "enabled", "false")
 
 
+# plugins whose wf.run() waits for the nodes (a *Graph plugin returns once the jobs are queued,
+# before the outputs exist, and gentract then writes its reports from them)
+PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SGE", "PBS", "LSF", "Condor",
+           "OAR", "IPython")
+# nodes whose torch threads are --nthreads (GENTRACT_NTHREADS), not their n_procs
+TORCH_NODES = ("sample",)
+
+
+def load_plugin_file(path: Path) -> dict:
+    """``--use-plugin``: fMRIPrep's YAML, ``plugin: SLURM`` and an optional ``plugin_args:``
+    mapping handed to nipype's ``wf.run`` (e.g. ``sbatch_args: "-p short --time 2:00:00"``)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"--use-plugin {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"--use-plugin {path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("plugin"), str):
+        raise UsageError(f"--use-plugin {path}: needs 'plugin: NAME' (e.g. SLURM, MultiProc)")
+    unknown = sorted(set(raw) - {"plugin", "plugin_args"})
+    if unknown:
+        raise UsageError(f"--use-plugin {path}: unknown key(s) {', '.join(unknown)} "
+                         "(a plugin file has plugin and plugin_args)")
+    name = raw["plugin"].removesuffix("Plugin")
+    if name.endswith("Graph"):
+        raise UsageError(f"--use-plugin {path}: {name} returns before its jobs have run, "
+                         f"so outputs and reports cannot follow; use {name[:-5]}")
+    if name not in PLUGINS:
+        raise UsageError(f"--use-plugin {path}: unknown plugin {name!r} "
+                         f"(one of {', '.join(PLUGINS)})")
+    args = raw.get("plugin_args") or {}
+    if not isinstance(args, dict):
+        raise UsageError(f"--use-plugin {path}: plugin_args must be a mapping")
+    return {"plugin": name, "plugin_args": args}
+
+
 def plugin_settings(ex) -> tuple[str, dict]:
-    """nipype's plugin: MultiProc with ``--nthreads`` processes and the ``--mem`` budget."""
+    """nipype's plugin: the ``--use-plugin`` file's, else MultiProc with ``--nthreads``
+    processes and the ``--mem`` budget."""
+    if ex.plugin:
+        return ex.plugin["plugin"], dict(ex.plugin["plugin_args"])
     if ex.nprocs == 1:
         return "Linear", {}
     args = {"n_procs": ex.nprocs, "mp_context": "forkserver"}
     if ex.mem_mb:
         args["memory_gb"] = ex.mem_mb / 1024
     return "MultiProc", args
+
+
+def node_requests(node, ex) -> tuple[int, float]:
+    """(CPUs, GB) a node asks the scheduler for: its ``n_procs``/``mem_gb`` hints."""
+    cpus = ex.nprocs if node.name in TORCH_NODES else node.n_procs
+    return max(1, int(cpus)), float(node.mem_gb)
+
+
+# how each batch plugin is told a node's CPUs and memory (GB), appended to its own arguments
+_REQUESTS = {
+    "SLURM": ("sbatch_args", "--cpus-per-task={cpus} --mem={mb}M"),
+    "SGE": ("qsub_args", "-pe smp {cpus} -l h_vmem={mb}M"),
+    "PBS": ("qsub_args", "-l nodes=1:ppn={cpus},mem={mb}mb"),
+}
+
+
+def apply_node_requests(wf, plugin: str, ex) -> int:
+    """Turn the nodes' resource hints into per-node scheduler requests (``node.plugin_args``) for
+    SLURM, SGE and PBS; returns how many nodes got one. Other plugins read the hints themselves
+    (MultiProc) or ignore them."""
+    if plugin not in ("Linear", "MultiProc", "LegacyMultiProc", "IPython"):
+        import getpass
+
+        os.environ.setdefault("LOGNAME", getpass.getuser())  # job names (unset in containers)
+    if plugin not in _REQUESTS:
+        return 0
+    key, template = _REQUESTS[plugin]
+    count = 0
+    for node in wf._get_all_nodes():
+        if node.run_without_submitting:
+            continue
+        cpus, gb = node_requests(node, ex)
+        if node.name in TORCH_NODES and not ex.mem_mb:  # the budget its request was made for
+            from ..workflows.base import SAMPLE_BUDGET_GB
+
+            os.environ[MEM_ENV] = str(int(SAMPLE_BUDGET_GB * 1024))
+        request = template.format(cpus=cpus, mb=max(1, int(round(gb * 1024))))
+        node.plugin_args = {**node.plugin_args, key: request, "overwrite": False}
+        count += 1
+    return count
 
 
 def clean_workdir(ex) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
-from .execution import config_file_defaults, load_bids_filters, parse_mem
+from .execution import config_file_defaults, load_bids_filters, load_plugin_file, parse_mem
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 from ..io.bids import bare_labels
 from ..model.support import DEFAULT_THRESHOLD
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mem", "--mem-mb", "--mem_mb", dest="mem_mb", type=parse_mem, default=None,
                    metavar="MB", help="memory budget in MB (or with a unit: 16G): nipype's "
                    "memory_gb and the cap of the sampler's batch memory (default: free memory)")
+    g.add_argument("--use-plugin", "--use_plugin", type=Path, default=None, metavar="YAML",
+                   help="nipype plugin file (fMRIPrep's): 'plugin: SLURM' and its "
+                        "'plugin_args:', e.g. sbatch_args; each node then asks for its own "
+                        "CPUs and memory (default: MultiProc with --nthreads)")
     g.add_argument("--config-file", "--config_file", type=Path, default=None, metavar="TOML",
                    help="TOML file of options (option = value, long names); the command line "
                         "overrides it")
@@ -266,6 +270,7 @@ def parse_args(argv=None, check_paths: bool = False) -> Config:
             boilerplate_only=opts.boilerplate_only,
             notrack=opts.notrack,
             input_type=opts.input_type,
+            plugin=load_plugin_file(opts.use_plugin) if opts.use_plugin else None,
         ),
         workflow=Workflow(sh_order=opts.sh_order, csd_method=opts.csd_method,
                           csd_shell=opts.csd_shell, trackers=trackers,

@@ -427,7 +427,9 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
     if ex.write_graph:
         execution.write_graph(wf, ex)
     plugin[1]["status_callback"] = _stop_check(progress)
+    execution.apply_node_requests(wf, plugin[0], ex)  # --use-plugin SLURM: per-node requests
     LOG.info("processing %d DWI series with %s", len(inputs),
+             f"nipype's {plugin[0]} plugin" if ex.plugin else
              f"{ex.nprocs} processes" if ex.nprocs > 1 else "one process")
     started = time.time()
     try:

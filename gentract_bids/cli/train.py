@@ -4,7 +4,10 @@
 
 The run directory receives the resolved config, the subject split, loss curves (CSV + PNG), the
 resumable training state and the checkpoint (``checkpoint/gentract.safetensors`` + ``.json``).
-Running the same command again resumes an interrupted run.
+Running the same command again resumes an interrupted run. Several processes (one per GPU;
+gloo on CPU) split every step's batch and average their gradients:
+
+    torchrun --standalone --nproc-per-node 2 --no-python gentract-train BIDS_DIR RUN_DIR ...
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice, all cores); 1 is faster "
                         "on a machine busy with other work")
+    p.add_argument("--grad-accumulation", type=int, default=1, metavar="N",
+                   help="micro-batches per process per step, their gradients averaged: the global "
+                        "batch is batch_size x processes x N; runs with the same processes x N "
+                        "train the same model (and can resume each other)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--version", action="version", version=f"gentract {__version__}")
@@ -130,6 +137,33 @@ def model_template(recipe: dict, cfg, train_sources):
                          + ", sub-".join(s.label for s in train_sources) + "), as placed")
 
 
+def _prepare_data(opts, recipe, cfg, bids_dir: Path, reference: Path, run_dir: Path):
+    """Subjects, split, template and the fODFs on the canonical grid (cached in the run)."""
+    from ..train import dataset as ds
+
+    sources = ds.discover_subjects(bids_dir, reference,
+                                   participant_label=bare_labels(opts.participant_label, "sub-"))
+    labels = [s.label for s in sources]
+    split_file = run_dir / "split.json"
+    if split_file.exists():
+        split = json.loads(split_file.read_text())
+    else:
+        split = ds.split_subjects(labels, tuple(recipe["data"]["split"]), seed=opts.random_seed)
+        ds.write_split(split_file, split)
+    used = set(split["train"]) | set(split["validation"])
+    cache_dir = opts.cache_dir or run_dir / "cache"
+    t0 = time.perf_counter()
+    template = model_template(recipe, cfg, [s for s in sources if s.label in split["train"]])
+    t_template = time.perf_counter() - t0
+    register = template is not None and bool(recipe["data"].get("register", True))
+    prepared = ds.prepare_subjects([s for s in sources if s.label in used], cfg,
+                                   cfg.transformer.n_points, cache_dir=cache_dir,
+                                   template=template if register else None,
+                                   workers=max(1, opts.threads or 1))
+    t_fod = time.perf_counter() - t0 - t_template
+    return split, template, register, ds.TrainingData(prepared), t_template, t_fod
+
+
 # ----------------------------------------------------------------------------- run
 def main(argv=None) -> int:
     os.environ.setdefault("NIPYPE_NO_ET", "1")
@@ -166,10 +200,9 @@ def train(opts) -> dict:
     from ..config import resolve_device
     from ..io.checkpoint import save_checkpoint
     from ..model.gentract import GenTract
-    from ..train import dataset as ds
     from ..train.augment import augmentation_rotations, augmentation_scalings
-    from ..train.loop import (GeneratorSettings, RunContext, VAESettings, init_distributed,
-                              train_generator, train_vaes)
+    from ..train.loop import (GeneratorSettings, RunContext, VAESettings, finish_distributed,
+                              init_distributed, main_first, train_generator, train_vaes)
 
     t_start = time.perf_counter()
     bids_dir = opts.bids_dir.resolve()
@@ -179,40 +212,26 @@ def train(opts) -> dict:
     if not reference.is_dir():
         raise NoInputError(f"reference tractograms not found: {reference} (use --reference)")
     recipe = load_recipe(opts.config, opts.overrides)
-    run_dir = opts.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"recipe": recipe, "bids_dir": str(bids_dir), "reference": str(reference),
-                "random_seed": opts.random_seed}
-    _write_yaml_once(run_dir / "config.yaml", resolved, "configuration")
+    if opts.grad_accumulation < 1:
+        raise UsageError("--grad-accumulation must be at least 1")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     rank, world, device = init_distributed(resolve_device(opts.device))
+    run_dir = opts.run_dir.resolve()
+    resolved = {"recipe": recipe, "bids_dir": str(bids_dir), "reference": str(reference),
+                "random_seed": opts.random_seed}
+    if world * opts.grad_accumulation > 1:  # the shards of each step's global batch (loop.py)
+        resolved["batch_shards"] = world * opts.grad_accumulation
     torch.manual_seed(opts.random_seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     cfg = model_config(recipe)
-    n_points = cfg.transformer.n_points
 
-    # data: subjects, split, fODFs on the canonical grid, streamlines, statistics
-    sources = ds.discover_subjects(bids_dir, reference,
-                                   participant_label=bare_labels(opts.participant_label, "sub-"))
-    labels = [s.label for s in sources]
-    split_file = run_dir / "split.json"
-    if split_file.exists():
-        split = json.loads(split_file.read_text())
-    else:
-        split = ds.split_subjects(labels, tuple(recipe["data"]["split"]), seed=opts.random_seed)
-        ds.write_split(split_file, split)
-    used = set(split["train"]) | set(split["validation"])
-    cache_dir = opts.cache_dir or run_dir / "cache"
-    t0 = time.perf_counter()
-    template = model_template(recipe, cfg, [s for s in sources if s.label in split["train"]])
-    t_template = time.perf_counter() - t0
-    register = template is not None and bool(recipe["data"].get("register", True))
-    prepared = ds.prepare_subjects([s for s in sources if s.label in used], cfg, n_points,
-                                   cache_dir=cache_dir, template=template if register else None,
-                                   workers=max(1, opts.threads or 1))
-    t_fod = time.perf_counter() - t0 - t_template
-    data = ds.TrainingData(prepared)
+    # rank 0 first writes config, split and fODF cache; the other processes then read them
+    with main_first(rank, world):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_yaml_once(run_dir / "config.yaml", resolved, "configuration")
+        split, template, register, data, t_template, t_fod = _prepare_data(
+            opts, recipe, cfg, bids_dir, reference, run_dir)
     rot = recipe["data"]["rotations"]
     rotations = (augmentation_rotations(tuple(rot["angles"]))
                  + augmentation_scalings(tuple(recipe["data"].get("scales") or ())))
@@ -225,7 +244,8 @@ def train(opts) -> dict:
     model = GenTract(cfg).to(device)
     model.set_coordinate_bounds(data.lo, data.hi)
     ctx = RunContext(run_dir=run_dir, seed=opts.random_seed, device=device,
-                     progress=not opts.no_progress, rank=rank, world_size=world)
+                     progress=not opts.no_progress, rank=rank, world_size=world,
+                     accumulate=opts.grad_accumulation)
     ctx.timings["template_seconds"] = round(t_template, 1)
     ctx.timings["fodf_seconds"] = round(t_fod, 1)  # with the registrations when registering
     results: dict = {}
@@ -262,6 +282,8 @@ def train(opts) -> dict:
                               on_checkpoint=checkpoint if rank == 0 else None)
         results.update(out)
     ctx.timings["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    ctx.timings["processes"] = world
+    finish_distributed()
     if rank == 0:
         from ..reports.training import plot_losses
 

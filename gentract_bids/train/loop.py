@@ -3,6 +3,13 @@
 Every optimisation step draws its randomness from ``SeedSequence([seed, stage, step])``, so a run is
 deterministic for a seed and a resumed run continues exactly where the interrupted one stopped
 (module weights and optimiser moments come from the last saved state; no RNG state is needed).
+
+Several processes (``torchrun``, gloo on CPU, NCCL on GPUs) and gradient accumulation share one
+rule: a step's global batch is made of ``shards = processes x accumulate`` micro-batches;
+micro-batch ``k`` draws from ``SeedSequence([seed, stage, step, k])`` and from shard ``k`` of the (subject,
+transform) pairs, and the gradients are averaged over all of them. So 2 processes and 1 process
+accumulating 2 micro-batches train the same model (up to float summation order), and a run can
+resume with any split of the same number of shards.
 """
 
 from __future__ import annotations
@@ -56,16 +63,75 @@ class RunContext:
     progress: bool = True
     rank: int = 0
     world_size: int = 1
+    accumulate: int = 1       # micro-batches per process per step (gradient accumulation)
     timings: dict = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def shards(self) -> int:
+        """Micro-batches in one step's global batch, over all processes."""
+        return self.world_size * self.accumulate
 
-def step_generators(seed: int, stage: str, step: int, rank: int = 0):
-    """(numpy Generator, torch Generator) for one optimisation step of one stage."""
-    ss = np.random.SeedSequence([seed, zlib.crc32(stage.encode()), step, rank])
+    @property
+    def local_shards(self) -> range:
+        """The shard (micro-batch) indices this process computes."""
+        return range(self.rank * self.accumulate, (self.rank + 1) * self.accumulate)
+
+
+def shard(pairs: list, index: int, count: int) -> list:
+    """Shard ``index`` of ``count`` of ``pairs``, DistributedSampler's rule: the list is padded by
+    wrapping around to a multiple of ``count``; shard ``k`` takes every ``count``-th item from k."""
+    n = len(pairs)
+    return [pairs[i % n] for i in range(index, -(-n // count) * count, count)]
+
+
+def _distributed(ctx: RunContext) -> bool:
+    return ctx.world_size > 1
+
+
+def average_gradients(params, ctx: RunContext) -> None:
+    """Average ``.grad`` over the processes (what DDP does; for the two-optimiser VAE stage)."""
+    if not _distributed(ctx):
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce, not one per tensor
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    for g, part in zip(grads, torch.split(flat, [g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
+def broadcast_parameters(module: nn.Module, ctx: RunContext) -> None:
+    """Every process starts from rank 0's weights."""
+    if _distributed(ctx):
+        import torch.distributed as dist
+
+        for t in module.state_dict().values():
+            dist.broadcast(t, 0)
+
+
+def mean_rows(rows: list[dict], ctx: RunContext) -> dict:
+    """Average scalar losses over this process's micro-batches, then over the processes."""
+    keys = sorted(rows[0])
+    values = torch.tensor([[float(r[k]) for k in keys] for r in rows],
+                          dtype=torch.float64).mean(0)
+    if _distributed(ctx):
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        values /= ctx.world_size
+    return dict(zip(keys, values.tolist()))
+
+
+def step_generators(seed: int, stage: str, step: int, shard: int = 0):
+    """(numpy Generator, torch Generator) for one micro-batch (``shard``) of one optimisation step
+    of one stage."""
+    ss = np.random.SeedSequence([seed, zlib.crc32(stage.encode()), step, shard])
     rng = np.random.default_rng(ss)
     tg = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> 1))
     return rng, tg
@@ -88,14 +154,16 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 class _CSVLog:
     """Append-only CSV of loss rows (kept across resumes)."""
 
-    def __init__(self, path: Path, columns: list[str]):
-        self.path, self.columns = Path(path), columns
-        if not self.path.exists():
+    def __init__(self, path: Path, columns: list[str], enabled: bool = True):
+        self.path, self.columns, self.enabled = Path(path), columns, enabled
+        if enabled and not self.path.exists():
             with self.path.open("w", newline="") as fh:
                 csv.writer(fh).writerow(columns)
 
     def truncate_after(self, key: str, value: int) -> None:
         """Drop rows logged after ``value`` (a resumed run repeats them identically)."""
+        if not self.enabled:
+            return
         with self.path.open() as fh:
             rows = list(csv.DictReader(fh))
         keep = [r for r in rows if int(r[key]) < value]
@@ -105,6 +173,8 @@ class _CSVLog:
             w.writerows(keep)
 
     def write(self, **row) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a", newline="") as fh:
             csv.writer(fh).writerow([_fmt(row.get(c, "")) for c in self.columns])
 
@@ -138,42 +208,57 @@ def train_vaes(model, data, pairs, settings: VAESettings, ctx: RunContext) -> li
     vaes = model.vaes.vaes
     state_path = ctx.run_dir / "state" / "vae"
     log = _CSVLog(ctx.run_dir / "losses_vae.csv",
-                  ["coefficient", "step", "loss", "l1", "kl", "adv", "disc"])
+                  ["coefficient", "step", "loss", "l1", "kl", "adv", "disc"], ctx.is_main)
     info = load_state(state_path, {"vaes": model.vaes}, {}) or {"done": 0}
     start = int(info["done"])
     if start:
         LOG.warning("resuming the VAE stage at coefficient %d of %d", start, len(vaes))
         log.truncate_after("coefficient", start)
+    shards = [shard(pairs, k, ctx.shards) for k in range(ctx.shards)]
     t0 = time.perf_counter()
     bar = _progress(len(vaes) * settings.steps_per_coefficient,
                     start * settings.steps_per_coefficient, "VAEs", ctx.progress and ctx.is_main)
     summary = []
     for c in range(start, len(vaes)):
         vae = vaes[c].to(ctx.device).train()
+        # a seeded discriminator per coefficient: a resumed stage starts the same as a whole one
+        torch.manual_seed(int(step_generators(ctx.seed, f"disc{c}", 0)[1].initial_seed()))
         disc = build_discriminator(cfg).to(ctx.device).train()
+        broadcast_parameters(vae, ctx)
+        broadcast_parameters(disc, ctx)
         opt_g = torch.optim.Adam(vae.parameters(), lr=settings.lr)
         opt_d = torch.optim.Adam(disc.parameters(), lr=settings.lr)
         for s in range(settings.steps_per_coefficient):
-            rng, tg = step_generators(ctx.seed, f"vae{c}", s, ctx.rank)
-            torch.manual_seed(int(tg.initial_seed()))
-            pair = pairs[rng.integers(len(pairs))]
-            x = random_patches(data.volume(pair)[c:c + 1], data.mask(pair), settings.patch_size,
-                               settings.batch_size, rng).to(ctx.device)
-            with autocast(ctx.device):
-                losses = vae_step_losses(vae, disc, x, s, cfg)
             opt_g.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt_g.step()
-            d_loss = torch.zeros(())
-            if "reconstruction" in losses and s >= cfg.adv_warmup_steps and cfg.adv_weight > 0:
+            micro = []
+            for k in ctx.local_shards:
+                rng, tg = step_generators(ctx.seed, f"vae{c}", s, k)
+                torch.manual_seed(int(tg.initial_seed()))
+                pair = shards[k][rng.integers(len(shards[k]))]
+                x = random_patches(data.volume(pair)[c:c + 1], data.mask(pair),
+                                   settings.patch_size, settings.batch_size, rng).to(ctx.device)
                 with autocast(ctx.device):
-                    d_loss = discriminator_loss(disc, x, losses["reconstruction"].detach())
+                    losses = vae_step_losses(vae, disc, x, s, cfg)
+                (losses["loss"] / ctx.accumulate).backward()
+                micro.append((x, losses))
+            average_gradients(vae.parameters(), ctx)
+            opt_g.step()
+            d_losses = [torch.zeros(())] * len(micro)
+            if ("reconstruction" in micro[0][1] and s >= cfg.adv_warmup_steps
+                    and cfg.adv_weight > 0):
                 opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
+                for i, (x, losses) in enumerate(micro):
+                    with autocast(ctx.device):
+                        d_losses[i] = discriminator_loss(disc, x,
+                                                         losses["reconstruction"].detach())
+                    (d_losses[i] / ctx.accumulate).backward()
+                average_gradients(disc.parameters(), ctx)
                 opt_d.step()
-            row = {k: float(v.detach()) for k, v in losses.items() if v.ndim == 0}
+            row = mean_rows([{**{k: v.detach() for k, v in losses.items() if v.ndim == 0},
+                              "disc": d.detach()} for (_, losses), d in zip(micro, d_losses)],
+                            ctx)
             log.write(coefficient=c, step=s, loss=row.get("loss"), l1=row.get("l1"),
-                      kl=row.get("kl"), adv=row.get("adv", 0.0), disc=float(d_loss.detach()))
+                      kl=row.get("kl"), adv=row.get("adv", 0.0), disc=row["disc"])
             bar.set_postfix(coef=c, l1=f"{row.get('l1', 0):.3f}")
             bar.update(1)
         vae.eval()
@@ -269,7 +354,7 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
             step_module, device_ids=[torch.device(device).index] if "cuda" in device else None)
     state_path = ctx.run_dir / "state" / "generator"
     log = _CSVLog(ctx.run_dir / "losses_generator.csv",
-                  ["step", "loss", "val_loss", "lr", "streamlines_per_s"])
+                  ["step", "loss", "val_loss", "lr", "streamlines_per_s"], ctx.is_main)
     trained = {"encoder": model.encoder, "transformer": model.transformer}
     if model.local is not None:  # local fODF features: their MLP is trained with the generator
         trained["local"] = model.local
@@ -282,25 +367,35 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
     t0 = time.perf_counter()
     bar = _progress(settings.steps, start, "generator", ctx.progress and ctx.is_main)
     recent: list[float] = []
+    step_seconds: list[float] = []
+    shards = [shard(train_pairs, k, ctx.shards) for k in range(ctx.shards)]
     for step in range(start, settings.steps):
-        rng, tg = step_generators(ctx.seed, "generator", step, ctx.rank)
-        torch.manual_seed(int(tg.initial_seed()))
-        pair = train_pairs[rng.integers(len(train_pairs))]
-        x1 = torch.from_numpy(data.sample_batch(pair, settings.batch_size, rng)).to(device)
         lr = settings.lr * lr_at(step)  # a function of the step: nothing to restore on resume
         for group in opt.param_groups:
             group["lr"] = lr
         ts = time.perf_counter()
-        with autocast(device):
-            loss = wrapped(latents[pair].to(device), x1, tg,
-                           _pair_volume(model, data, pair, device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = []
+        for j, k in enumerate(ctx.local_shards):
+            rng, tg = step_generators(ctx.seed, "generator", step, k)
+            torch.manual_seed(int(tg.initial_seed()))
+            pair = shards[k][rng.integers(len(shards[k]))]
+            x1 = torch.from_numpy(data.sample_batch(pair, settings.batch_size, rng)).to(device)
+            # DDP averages the gradients on the last micro-batch's backward only
+            sync = wrapped is step_module or j + 1 == ctx.accumulate
+            with contextlib.nullcontext() if sync else wrapped.no_sync():
+                with autocast(device):
+                    loss = wrapped(latents[pair].to(device), x1, tg,
+                                   _pair_volume(model, data, pair, device))
+                (loss / ctx.accumulate).backward()
+            losses.append({"loss": loss.detach()})
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
         opt.step()
-        rate = settings.batch_size * ctx.world_size / max(time.perf_counter() - ts, 1e-9)
-        recent = (recent + [float(loss.detach())])[-50:]
+        loss = mean_rows(losses, ctx)["loss"]
+        step_seconds.append(time.perf_counter() - ts)
+        rate = settings.batch_size * ctx.shards / max(step_seconds[-1], 1e-9)
+        recent = (recent + [loss])[-50:]
         row = {"step": step, "loss": recent[-1], "lr": lr,
                "streamlines_per_s": rate}
         last = step + 1 == settings.steps
@@ -317,6 +412,8 @@ def train_generator(model, data, train_pairs, val_pairs, settings: GeneratorSett
                 on_checkpoint(step + 1)
     bar.close()
     ctx.timings["generator_seconds"] = round(time.perf_counter() - t0, 1)
+    if step_seconds:
+        ctx.timings["generator_step_seconds"] = round(float(np.median(step_seconds)), 4)
     model.eval()
     return {"final_train_loss": float(np.mean(recent)) if recent else None}
 
@@ -329,9 +426,31 @@ def init_distributed(device: str) -> tuple[int, int, str]:
     import torch.distributed as dist
 
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend=backend)
     if device.startswith("cuda"):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
     return dist.get_rank(), world, device
+
+
+@contextlib.contextmanager
+def main_first(ctx_or_rank, world_size: int = 1):
+    """Rank 0 runs the block first (writes config, split, caches), then the others (read them)."""
+    rank = getattr(ctx_or_rank, "rank", ctx_or_rank)
+    world = getattr(ctx_or_rank, "world_size", world_size)
+    if world > 1 and rank > 0:
+        torch.distributed.barrier()
+    yield
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
+
+
+def finish_distributed() -> None:
+    """Wait for every process, then leave the process group (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

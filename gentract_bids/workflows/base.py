@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import numpy as np
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -28,6 +30,24 @@ def init_gentract_wf(config: Config, inputs: list[DWIInput], device: str):
     for item in inputs:
         wf.add_nodes([init_single_series_wf(config, item, device)])
     return wf
+
+
+SAMPLE_BUDGET_GB = 2.0  # GenTract sampling's memory budget without --mem, on a batch plugin
+
+
+def resource_hints(config: Config, item: DWIInput) -> dict:
+    """Memory hints (GB) of the heavy nodes, from the DWI's size (a float64 copy of it: ``dwi``):
+    CSD, registration and resampling hold a few such arrays, a baseline tracker the fODF image;
+    GenTract sampling 0.5 GB and the quarter of the ``--mem`` budget (default 2 GB) its batches
+    may take (model/inference.py). Capped at ``--mem`` so that MultiProc can run every node."""
+    import nibabel as nb
+
+    dwi = float(np.prod(nb.load(item.dwi).shape)) * 8 / 2**30
+    cap = config.execution.mem_mb / 1024 if config.execution.mem_mb else None
+    hints = {"fodf": 0.5 + 3 * dwi, "track": 0.5 + dwi,
+             "sample": 0.5 + 0.25 * (cap or SAMPLE_BUDGET_GB)}
+    # rounded down: a hint above MultiProc's memory_gb (--mem) would stop the run
+    return {k: float(np.floor(100 * (min(v, cap) if cap else v)) / 100) for k, v in hints.items()}
 
 
 def truth_dir(config: Config) -> Path:
@@ -69,6 +89,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     # the model's space is needed by GenTract and by recognition with a template-space atlas
     in_model_space = "gentract" in wcfg.trackers or bool(ev.bundle_atlas)
     registered = in_model_space and wcfg.registration == "affine"
+    hints = resource_hints(config, item)
     fodf_wf = init_fodf_wf(
         sh_order=wcfg.sh_order,
         csd_method=wcfg.csd_method,
@@ -83,6 +104,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         min_dice=wcfg.min_registration_dice,
         label=item.label,
         omp_nthreads=ex.omp_nthreads,
+        mem_gb=hints["fodf"],
     )
     fodf_wf.inputs.inputnode.dwi_file = item.dwi
     fodf_wf.inputs.inputnode.bval_file = item.bval
@@ -128,7 +150,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     base_entities = item.series_entities
     for k, tracker in enumerate(trackers, start=3):
         model = TRACKERS[tracker][0]
-        track_wf = _tracking_wf(config, tracker, device, use_tissue_maps=tissue is not None)
+        track_wf = _tracking_wf(config, tracker, device, use_tissue_maps=tissue is not None,
+                                hints=hints)
         for field, value in {"dwi_file": item.dwi, "bval_file": item.bval,
                              "bvec_file": item.bvec, **(tissue or {})}.items():
             setattr(track_wf.inputs.inputnode, field, value)
@@ -165,7 +188,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     return wf
 
 
-def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: bool):
+def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: bool,
+                 hints: dict):
     """The tracking workflow of ``tracker`` (same inputnode/outputnode for every tracker)."""
     wcfg, mcfg = config.workflow, config.model
     if tracker == "gentract":
@@ -175,12 +199,14 @@ def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: boo
             batch_size=mcfg.batch_size, seed=config.seeds.torch % (2**63), device=device,
             output_format=wcfg.output_format, support_threshold=mcfg.support_threshold,
             registered=wcfg.registration == "affine", step_size=wcfg.step_size,
+            mem_gb=hints["sample"],
         )
     return init_baseline_tracking_wf(
         tracker=tracker, n_streamlines=wcfg.n_streamlines, sift_factor=wcfg.sift_factor,
         tckglobal_niter=wcfg.tckglobal_niter,
         seed=config.seeds.numpy % (2**31), omp_nthreads=config.execution.omp_nthreads,
         use_tissue_maps=use_tissue_maps, output_format=wcfg.output_format,
+        mem_gb=hints["track"],
     )
 
 

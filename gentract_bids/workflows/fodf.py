@@ -24,6 +24,7 @@ def init_fodf_wf(
     min_dice: float = 0.75,
     label: str = "the series",
     omp_nthreads: int = 1,
+    mem_gb: float = 0.5,
     name: str = "fodf_wf",
 ):
     """Build the fODF workflow of one DWI series.
@@ -43,6 +44,9 @@ def init_fodf_wf(
     (:mod:`gentract_bids.registration`) and ``xfm_file`` (ITK affine, template mm -> subject mm),
     ``registration_metadata``, ``fa_file``, ``registration_figure`` and ``template_space`` are
     set; ``"none"`` takes the data to be in the template's space already.
+
+    ``omp_nthreads`` and ``mem_gb`` are the resource hints of the heavy nodes (CSD, registration,
+    resampling) that MultiProc and the batch plugins (``--use-plugin``) schedule by.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -63,10 +67,12 @@ def init_fodf_wf(
         FitCSD(sh_order=sh_order, method=csd_method, shell=csd_shell),
         name="csd",
         n_procs=omp_nthreads,  # MultiProc accounts for the threads CSD's linear algebra uses
+        mem_gb=mem_gb,
     )
     export = pe.Node(ExportFOD(), name="export_fod")
     canonical = pe.Node(
-        CanonicalFOD(spacing=grid_spacing, shape=tuple(grid_shape)), name="canonical"
+        CanonicalFOD(spacing=grid_spacing, shape=tuple(grid_shape)), name="canonical",
+        mem_gb=mem_gb,
     )
     if stats_file:
         canonical.inputs.stats_file = stats_file
@@ -95,7 +101,7 @@ def init_fodf_wf(
     if model_path and registration == "affine":
         register = pe.Node(RegisterToTemplate(model_path=str(model_path), min_dice=min_dice,
                                               label=label),
-                           name="register", n_procs=omp_nthreads)
+                           name="register", n_procs=omp_nthreads, mem_gb=mem_gb)
         wf.connect([
             (inputnode, register, [(f, f) for f in dwi_fields]),
             (mask, register, [("out_mask", "mask_file")]),

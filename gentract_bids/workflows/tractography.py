@@ -32,6 +32,7 @@ def init_baseline_tracking_wf(
     omp_nthreads: int = 1,
     use_tissue_maps: bool = False,
     output_format: str = "trx",
+    mem_gb: float = 0.5,
     name: str | None = None,
 ):
     """Build the tracking workflow of one baseline ``tracker`` (a key of :data:`TRACKERS`).
@@ -50,7 +51,7 @@ def init_baseline_tracking_wf(
                                     sift_factor=sift_factor, niter=tckglobal_niter,
                                     random_seed=seed,
                                     nthreads=omp_nthreads, out_format=output_format),
-                        name="track", n_procs=omp_nthreads)
+                        name="track", n_procs=omp_nthreads, mem_gb=mem_gb)
         links = [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                  ("bvec_file", "bvec_file"), ("mask_file", "mask_file")]
         if use_tissue_maps and tracker != "tckglobal":
@@ -59,7 +60,7 @@ def init_baseline_tracking_wf(
         track = pe.Node(DipyTrack(kind=tracker.split("-")[1], n_streamlines=n_streamlines,
                                   seeds_per_voxel=2,  # 1 per voxel can fall short of n
                                   random_seed=seed, out_format=output_format),
-                        name="track")
+                        name="track", mem_gb=mem_gb)
         links = [("fod_file", "fod_file"), ("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                  ("bvec_file", "bvec_file"), ("mask_file", "mask_file")]
         if use_tissue_maps:
@@ -85,6 +86,7 @@ def init_gentract_tractography_wf(
     support_threshold: float | None = None,
     registered: bool = False,
     step_size: float | None = 1.0,
+    mem_gb: float = 1.0,
     name: str = "track_gentract_wf",
 ):
     """GenTract: encode the subject's context once, sample ``n_streamlines`` whole streamlines.
@@ -109,7 +111,7 @@ def init_gentract_tractography_wf(
                                     out_format=output_format,
                                     support_threshold=support_threshold,
                                     step_size=step_size),
-                     name="sample")
+                     name="sample", mem_gb=mem_gb)  # the sampler's batches stay inside --mem
     links = [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]
     if support_threshold:
         links.append(("canonical_mask", "canonical_mask"))
