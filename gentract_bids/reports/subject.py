@@ -208,6 +208,8 @@ def tracker_summary(series: dict, model: str) -> dict:
 
 def source_dwi(output_dir, entities: dict) -> Path | None:
     """The input DWI of a series, found through ``SourceDatasets`` (``file://`` URLs)."""
+    from urllib.parse import unquote, urlparse
+
     desc = Path(output_dir) / "dataset_description.json"
     if not desc.exists():
         return None
@@ -215,7 +217,7 @@ def source_dwi(output_dir, entities: dict) -> Path | None:
         url = str(src.get("URL", ""))
         if not url.startswith("file://"):
             continue
-        root = Path(url.removeprefix("file://"))
+        root = Path(unquote(urlparse(url).path))  # file:///a%20b -> /a b
         for path in sorted(root.glob(f"sub-{entities['subject']}/**/dwi/*_dwi.nii*")):
             if series_entities(path.name) == entities:
                 return path

@@ -59,7 +59,8 @@ def init_fodf_wf(
     )
     outputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["dwi_file", "mask_file", "mask_metadata", "fod_file", "fod_derivative", "fod_metadata",
+            fields=["dwi_file", "mask_file", "mask_metadata", "fod_file", "fod_derivative",
+                    "fod_metadata",
                     "fod_response", "response_metadata",
                     "canonical_fod", "canonical_mask", "canonical_metadata",
                     *REGISTRATION_FIELDS]
