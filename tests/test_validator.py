@@ -139,6 +139,7 @@ def test_validator_accepts_our_names_and_ignores_what_bids_lacks(tmp_path):
     (out / "sub-01" / "figures").mkdir()
     (out / "sub-01" / "figures" / "sub-01_desc-fod_model-csd_dwi.png").write_bytes(b"png")
     (out / "sub-01.html").write_text("<html></html>")
+    (out / "group_bundlestats.tsv").write_text("subject\tmodel\n01\tsdstream\n")  # group level
     validate_derivatives(out)
     (out / ".bidsignore").unlink()
     try:
