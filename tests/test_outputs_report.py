@@ -1,5 +1,5 @@
 """Report details of issue 18 point 7: the shipped model's training data is named, the support
-filter's draws and acceptance are shown, long command lines wrap, references link their DOIs."""
+filter's draws and acceptance are shown, long command lines wrap, references give their DOIs."""
 
 import json
 

@@ -351,7 +351,7 @@ SANITY_ROWS = (("fraction_points_in_wm", "points in WM"), ("wm_coverage", "WM co
                ("fraction_loop", "looping streamlines"), ("n_flagged", "flagged streamlines"))
 
 
-# DOIs of REFERENCES (linked in the report's reference list)
+# DOIs of REFERENCES (shown in the report's reference list)
 REFERENCE_DOIS = {"csd": "10.1016/j.neuroimage.2007.02.016", "dipy": "10.3389/fninf.2014.00008",
                   "mrtrix": "10.1016/j.neuroimage.2019.116137",
                   "nipype": "10.3389/fninf.2011.00013", "pybids": "10.21105/joss.01294",
@@ -653,9 +653,10 @@ def write_subject_report(output_dir, subject, *, config: dict | None = None,
     body.append("</section>")
 
     text, cites = methods_paragraph(series_list)
-    refs = "".join(f"<li>{esc(REFERENCES[k])}" + (
-        f' <a href="https://doi.org/{REFERENCE_DOIS[k]}">doi:{REFERENCE_DOIS[k]}</a>'
-        if k in REFERENCE_DOIS else "") + "</li>" for k in cites)
+    # DOIs as text: the report links nothing outside itself
+    refs = "".join(f"<li>{esc(REFERENCES[k])}"
+                   + (f" doi:{esc(REFERENCE_DOIS[k])}" if k in REFERENCE_DOIS else "") + "</li>"
+                   for k in cites)
     body.append(f'<section id="methods"><h2>Methods</h2><p>{text}</p>'
                 f'<h3>References</h3><ol class="refs">{refs}</ol></section>')
 
