@@ -59,6 +59,8 @@ class Workflow:
     tckglobal_niter: float = 2e7  # tckglobal iterations
     output_format: str = "trx"  # trx | tck | trk
     step_size: float | None = 1.0  # mm, GenTract resampling (None: off)
+    denoise: str = "none"  # none | mppca | patch2self (raw DWI, before CSD)
+    unring: bool = False  # Gibbs-ringing removal (after denoising)
 
 
 @dataclass

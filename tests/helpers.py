@@ -47,3 +47,40 @@ def assert_clean_failure(capsys, code, expected, out, words):
     assert len(lines) == 1, err
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def validate_derivatives(out: Path) -> dict:
+    """Run ``bids-validator-deno --datasetTypes derivative`` on ``out``; assert exit 0 and no
+    error, and return the validator's JSON report."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    beside = Path(sys.executable).parent / "bids-validator-deno"
+    exe = str(beside) if beside.is_file() else shutil.which("bids-validator-deno")
+    assert exe, "bids-validator-deno is a pinned dependency (requirements.lock)"
+    proc = subprocess.run([exe, "--datasetTypes", "derivative", "--format", "json", str(out)],
+                          capture_output=True, text=True, check=False, timeout=300)
+    report = json.loads(proc.stdout)
+    errors = sorted({(i["code"], i.get("location")) for i in report["issues"]["issues"]
+                     if i.get("severity") == "error"})
+    assert proc.returncode == 0 and not errors, errors[:20] or proc.stderr[-2000:]
+    return report
+
+
+def whole_brain_tractograms(out: Path) -> dict:
+    """model -> whole-brain tractogram file names, found by pybids with the shipped config."""
+    from bids import BIDSLayout
+    from bids.layout import Query
+
+    from gentract_bids.io.bids import pybids_config
+
+    layout = BIDSLayout(str(out), config=["bids", "derivatives", pybids_config()],
+                        validate=False)
+    found = layout.get(suffix="streamlines", bundle=Query.NONE,
+                       extension=[".trx", ".tck", ".trk"])
+    models: dict = {}
+    for f in found:
+        models.setdefault(f.entities["model"], []).append(f.filename)
+    return {m: sorted(names) for m, names in models.items()}

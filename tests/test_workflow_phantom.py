@@ -14,7 +14,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from helpers import angle_deg
+from helpers import angle_deg, validate_derivatives, whole_brain_tractograms
 from gentract_bids.cli.run import main
 from gentract_bids.fodf.basis import to_internal
 from gentract_bids.fodf.csd import peaks_from_sh
@@ -106,3 +106,19 @@ def test_shipped_gentract_model_places_streamlines(phantom_run):
         # (--support-threshold 0) 60.7 % (22/22) and 49.5 % (21/22); the model without local
         # fODF features 10-22 %, a zero context ~0 %
         assert metrics["precision"] > 0.75 and metrics["valid_bundles"] >= 15
+
+
+@pytest.mark.slow
+def test_outputs_pass_the_validator_and_pybids(phantom_run):
+    """The demo-like output (GenTract, registration, two subjects) passes
+    ``bids-validator-deno --datasetTypes derivative``; pybids finds one whole-brain GenTract
+    tractogram per subject; the space-gentract files name the model's template."""
+    _, out, code = phantom_run
+    assert code == 0
+    validate_derivatives(out)
+    assert whole_brain_tractograms(out) == {"gentract": [
+        f"sub-{s}_space-dwi_model-gentract_streamlines.trx" for s in ("01", "02")]}
+    canon = json.loads((out / "sub-01/dwi/sub-01_space-gentract_desc-brain_mask.json")
+                       .read_text())
+    assert canon["SpatialReference"].endswith("gentract_phantom_template.nii.gz")
+    assert canon["Sources"] == ["bids::sub-01/dwi/sub-01_space-dwi_desc-brain_mask.nii.gz"]

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from helpers import validate_derivatives, whole_brain_tractograms
 from gentract_bids.cli.run import main
 from gentract_bids.io.tractogram import load_tractogram
 from gentract_bids.phantom.cohort import make_cohort
@@ -80,3 +81,30 @@ def test_local_trackers_find_real_bundles(run):
                           .read_text())["precision"] for m in TRACKERS.values()}
     print("precision by tracker:", prec)
     assert prec["sdstream"] > 0.2 and prec["ifod2"] > 0.05 and prec["dipydet"] > 0.05
+
+
+@pytest.mark.slow
+def test_outputs_pass_the_validator_and_pybids(run):
+    """``bids-validator-deno --datasetTypes derivative`` exits 0; pybids with the shipped config
+    finds one whole-brain tractogram per tracker; MRtrix3's responses are derivatives and the
+    sidecars point to them, not into the work directory; the mask says it is the phantom's truth."""
+    validate_derivatives(run)
+    assert whole_brain_tractograms(run) == {
+        m: [f"sub-01_space-dwi_model-{m}_streamlines.trx"] for m in TRACKERS.values()}
+    dwi = run / "sub-01" / "dwi"
+    for model in ("sdstream", "ifod2"):
+        side = json.loads((dwi / f"sub-01_space-dwi_model-{model}_streamlines.json").read_text())
+        assert set(side["ResponseFiles"]) == {"wm", "gm", "csf"}
+        for tissue, uri in side["ResponseFiles"].items():
+            assert uri == f"bids::sub-01/dwi/sub-01_desc-{tissue}_model-{model}_response.txt"
+            rows = [r for r in (run / uri[6:]).read_text().splitlines() if not r.startswith("#")]
+            assert rows and all(float(v) == float(v) for v in rows[0].split())
+        resp = json.loads((dwi / f"sub-01_desc-wm_model-{model}_response.json").read_text())
+        assert resp["Software"].startswith("MRtrix3") and resp["Pipeline"] == "gentract"
+    mask = json.loads((dwi / "sub-01_space-dwi_desc-brain_mask.json").read_text())
+    assert "ground-truth" in mask["Description"]
+    assert mask["Sources"] == [
+        "bids:raw:derivatives/phantom-truth/sub-01/dwi/sub-01_space-dwi_desc-brain_mask.nii.gz"]
+    assert mask["SpatialReference"] == "bids:raw:sub-01/dwi/sub-01_dwi.nii.gz"
+    desc = json.loads((run / "dataset_description.json").read_text())
+    assert desc["DatasetLinks"]["raw"] == desc["SourceDatasets"][0]["URL"]

@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--csd-shell", type=float, default=None,
                    help="b-value of the shell used by single-shell CSD on multi-shell data")
+    g.add_argument("--denoise", choices=("none", "mppca", "patch2self"), default="none",
+                   help="denoise the raw DWI before CSD and the baselines (dipy MP-PCA or "
+                        "Patch2Self); motion/eddy correction is QSIPrep's job (default: none)")
+    g.add_argument("--unring", action="store_true",
+                   help="remove Gibbs ringing (dipy, after --denoise) before CSD")
     g = p.add_argument_group("tractography")
     g.add_argument("--tracker", nargs="+", choices=(*TRACKERS, "none"), default=["gentract"],
                    metavar="TRACKER",
@@ -278,7 +283,8 @@ def parse_args(argv=None, check_paths: bool = False) -> Config:
                           tckglobal_niter=opts.tckglobal_niter,
                           output_format=opts.output_format, registration=opts.registration,
                           min_registration_dice=opts.min_registration_dice,
-                          step_size=opts.step_size or None),
+                          step_size=opts.step_size or None,
+                          denoise=opts.denoise, unring=opts.unring),
         evaluation=Evaluation(
             mode=opts.eval_mode,
             truth_dir=opts.truth_dir.resolve() if opts.truth_dir else None,

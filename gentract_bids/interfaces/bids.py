@@ -79,6 +79,22 @@ def stage_file(src, entities: dict, staging_dir, sidecar: dict | None = None) ->
     return out
 
 
+def stage_responses(files: dict, base: dict, staging_dir, provenance: dict):
+    """Stage a tracker's response files (tissue -> path) as ``desc-<tissue>_model-<tracker>
+    _response.txt``; returns (staged paths, tissue -> BIDS URI in the output dataset)."""
+    from ..io.bids import build_path
+
+    out, uris = [], {}
+    for tissue, path in files.items():
+        ents = {**base, "desc": tissue, "suffix": "response"}
+        out += stage_file(path, ents, staging_dir,
+                          {"Description": f"{tissue.upper()} response function (MRtrix3 text "
+                                          "format: one row per shell, m=0 SH coefficients)",
+                           "ResponseAlgorithm": "dwi2response dhollander", **provenance})
+        uris[tissue] = "bids::" + build_path({**ents, "extension": ".txt"})
+    return out, uris
+
+
 def tracker_provenance(provenance: dict, metadata: dict, model: str) -> dict:
     """The sidecar of one tracker's tractogram: its own ``metadata`` first, then the run's
     ``provenance``. A tool's own ``Software`` (e.g. ``MRtrix3 3.0.4``) is kept, gentract's goes to
@@ -104,6 +120,7 @@ class _StageTractographyInputSpec(BaseInterfaceInputSpec):
     bundle_names = traits.List(traits.Str)
     figures = InputMultiObject(File(exists=True))
     figure_descs = traits.List(traits.Str)
+    spatial_reference = traits.Str("", usedefault=True, desc="SpatialReference of space-dwi")
 
 
 class StageTractography(SimpleInterface):
@@ -118,9 +135,16 @@ class StageTractography(SimpleInterface):
         base = {**i.base_entities, "model": i.model}
         dwi = {**base, "space": "dwi"}
         staging = i.staging_dir
-        side = tracker_provenance(i.provenance, i.tractogram_metadata, i.model)
-        prov = tracker_provenance(i.provenance, {}, i.model)
-        out = stage_file(i.tractogram, {**dwi, "suffix": "streamlines"}, staging,
+        ref = {"SpatialReference": i.spatial_reference} if i.spatial_reference else {}
+        side = {**tracker_provenance(i.provenance, i.tractogram_metadata, i.model), **ref}
+        prov = {**tracker_provenance(i.provenance, {}, i.model), **ref}
+        out = []
+        if isinstance(side.get("ResponseFiles"), dict):  # MRtrix3's, in the work directory
+            tool = {k: v for k, v in i.tractogram_metadata.items() if k == "Software"}
+            out, side["ResponseFiles"] = stage_responses(
+                side["ResponseFiles"], base, staging,
+                tracker_provenance(i.provenance, tool, i.model))
+        out += stage_file(i.tractogram, {**dwi, "suffix": "streamlines"}, staging,
                          {**side, "Evaluation": i.eval_metadata})
         out += stage_file(i.metrics_file, {**dwi, "desc": "eval", "suffix": "metrics"}, staging)
         out += stage_file(i.bundlestats_file, {**dwi, "suffix": "bundlestats"}, staging)
@@ -147,6 +171,7 @@ class _StageRegistrationInputSpec(BaseInterfaceInputSpec):
     metadata = traits.Dict(mandatory=True)
     fa_file = File(exists=True, mandatory=True)
     figure = File(exists=True, mandatory=True)
+    spatial_reference = traits.Str("", usedefault=True, desc="SpatialReference of space-dwi")
 
 
 class StageRegistration(SimpleInterface):
@@ -165,7 +190,9 @@ class StageRegistration(SimpleInterface):
                                       "suffix": "dwimap"}, i.staging_dir,
                           {"Description": "fractional anisotropy (dipy WLS tensor fit, b <= "
                                           "1600 s/mm2), the image registered to the template",
-                           "Model": {"Name": "DTI"}, **prov})
+                           "Model": {"Name": "DTI"}, **prov,
+                           **({"SpatialReference": i.spatial_reference}
+                              if i.spatial_reference else {})})
         out += stage_file(i.figure, {**base, "datatype": "figures", "space": i.space,
                                      "desc": "registration", "suffix": "dwi"}, i.staging_dir)
         self._results["out_files"] = out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,36 @@ SERIES_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq",
 
 @lru_cache
 def io_spec() -> dict:
-    """The derivative naming spec: pybids entities and path patterns (naming as data)."""
-    return json.loads(resources.files("gentract_bids.data").joinpath("io_spec.json").read_text())
+    """The derivative naming spec: pybids entities and path patterns (naming as data).
+
+    The entities pybids' own ``bids`` and ``derivatives`` configs lack (``bundle``, ``param``) live
+    in the shipped pybids config (:func:`pybids_config`) and are merged in here."""
+    data = resources.files("gentract_bids.data")
+    spec = json.loads(data.joinpath("io_spec.json").read_text())
+    extra = json.loads(data.joinpath(spec["pybids_config"]).read_text())["entities"]
+    spec["entities"] = [*spec["entities"][:-3], *extra, *spec["entities"][-3:]]
+    return spec
+
+
+def pybids_config() -> str:
+    """Path of the shipped pybids config: with pybids' own, it parses every GenTract output,
+    ``BIDSLayout(out, config=["bids", "derivatives", pybids_config()], validate=False)``."""
+    spec = json.loads(resources.files("gentract_bids.data").joinpath("io_spec.json").read_text())
+    return str(resources.files("gentract_bids.data").joinpath(spec["pybids_config"]))
+
+
+def input_link(bids_dir) -> str:
+    """The ``DatasetLinks`` name of the input dataset in BIDS URIs: ``qsiprep`` or ``raw``."""
+    return "qsiprep" if is_qsiprep(Path(bids_dir)) else "raw"
+
+
+def bids_uri(path, root, dataset: str = "") -> str:
+    """``bids:<dataset>:<path relative to root>`` (``bids::...`` for this dataset); a ``file:``
+    URI for a path outside ``root``. Symbolic links are kept (DataLad/git-annex datasets)."""
+    path, root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if not path.is_relative_to(root):
+        return path.as_uri()
+    return f"bids:{dataset}:{path.relative_to(root).as_posix()}"
 
 
 def build_path(entities: dict) -> str:
@@ -263,8 +292,43 @@ def _find_mask(layout, ents) -> str | None:
     return sorted(scored)[0][1] if scored else None
 
 
+def _generated_by(path, root) -> list[str]:
+    """``GeneratedBy`` names of the dataset holding ``path`` (the nearest
+    ``dataset_description.json`` between its folder and ``root``)."""
+    root = Path(root).resolve()
+    for folder in Path(path).resolve().parents:
+        desc = folder / "dataset_description.json"
+        if desc.is_file():
+            try:
+                gen = json.loads(desc.read_text()).get("GeneratedBy") or []
+            except ValueError:
+                return []
+            return [str(g.get("Name", "")) for g in gen if isinstance(g, dict)]
+        if folder == root:
+            break
+    return []
+
+
+def mask_metadata(mask, dwi, bids_dir) -> dict:
+    """``Sources`` and ``Description`` of the brain-mask derivative: the mask given with the input
+    (said to be the phantom's ground truth when ``gentract-phantom`` wrote it), or the DWI it
+    was computed from."""
+    link = input_link(bids_dir)
+    if mask is None:
+        return {"Sources": [bids_uri(dwi, bids_dir, link)],
+                "Description": "brain mask computed from the DWI (dipy median_otsu, mean b=0)"}
+    names = _generated_by(mask, bids_dir)
+    if "gentract-phantom" in names:
+        desc = ("the phantom's ground-truth brain mask (written by gentract-phantom), used as "
+                "given: not estimated from the DWI")
+    else:
+        desc = f"the brain mask given with the input ({', '.join(names) or 'input dataset'})"
+    return {"Sources": [bids_uri(mask, bids_dir, link)], "Description": desc}
+
+
 def write_dataset_description(output_dir: Path, *, source: Path | None = None) -> Path:
-    """``dataset_description.json`` of the derivatives dataset (``DatasetType: derivative``)."""
+    """``dataset_description.json`` of the derivatives dataset (``DatasetType: derivative``,
+    ``DatasetLinks`` naming the input) and its ``.bidsignore`` (``io_spec.json``)."""
     desc = {
         "Name": "GenTract derivatives",
         "BIDSVersion": "1.9.0",
@@ -283,8 +347,12 @@ def write_dataset_description(output_dir: Path, *, source: Path | None = None) -
     if container():
         desc["GeneratedBy"][0]["Container"] = {"Type": container()}
     if source is not None:
-        desc["SourceDatasets"] = [{"URL": f"file://{source}"}]
+        url = Path(os.path.abspath(source)).as_uri()
+        desc["SourceDatasets"] = [{"URL": url}]
+        desc["DatasetLinks"] = {input_link(source): url}  # for the sidecars' bids:raw:... URIs
     from .commit import write_atomic
 
+    # what BIDS has no names for yet (BEP016 models, tractography, BEP014 transforms, reports)
+    write_atomic(output_dir / ".bidsignore", "\n".join(io_spec()["bidsignore"]) + "\n")
     text = json.dumps(desc, indent=2) + "\n"
     return write_atomic(output_dir / "dataset_description.json", text)

@@ -60,7 +60,7 @@ th{background:#eef2f6}td:first-child,th:first-child{text-align:left}
 tr.notfound td{color:#888}
 img{max-width:100%;border:1px solid #ddd;margin:.3em 0}
 .note{color:#666;font-size:.9em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;
-font-size:.8em}
+font-size:.8em;white-space:pre-wrap;overflow-wrap:anywhere}td{overflow-wrap:anywhere}
 .refs li{margin-bottom:.3em;font-size:.9em}
 """
 
@@ -208,6 +208,8 @@ def tracker_summary(series: dict, model: str) -> dict:
 
 def source_dwi(output_dir, entities: dict) -> Path | None:
     """The input DWI of a series, found through ``SourceDatasets`` (``file://`` URLs)."""
+    from urllib.parse import unquote, urlparse
+
     desc = Path(output_dir) / "dataset_description.json"
     if not desc.exists():
         return None
@@ -215,7 +217,7 @@ def source_dwi(output_dir, entities: dict) -> Path | None:
         url = str(src.get("URL", ""))
         if not url.startswith("file://"):
             continue
-        root = Path(url.removeprefix("file://"))
+        root = Path(unquote(urlparse(url).path))  # file:///a%20b -> /a b
         for path in sorted(root.glob(f"sub-{entities['subject']}/**/dwi/*_dwi.nii*")):
             if series_entities(path.name) == entities:
                 return path
@@ -349,6 +351,44 @@ SANITY_ROWS = (("fraction_points_in_wm", "points in WM"), ("wm_coverage", "WM co
                ("fraction_loop", "looping streamlines"), ("n_flagged", "flagged streamlines"))
 
 
+# DOIs of REFERENCES (shown in the report's reference list)
+REFERENCE_DOIS = {"csd": "10.1016/j.neuroimage.2007.02.016", "dipy": "10.3389/fninf.2014.00008",
+                  "mrtrix": "10.1016/j.neuroimage.2019.116137",
+                  "nipype": "10.3389/fninf.2011.00013", "pybids": "10.21105/joss.01294",
+                  "tractometer": "10.1016/j.media.2013.03.009",
+                  "tractometer2": "10.1038/s41598-023-28560-w",
+                  "recobundles": "10.1016/j.neuroimage.2017.07.015"}
+
+
+def shipped_model_name(sidecar: dict) -> str | None:
+    """The shipped checkpoint (``gentract_phantom``, ...) a GenTract sidecar's SHA256 names."""
+    from ..model.inference import SHIPPED_MODELS_DIR
+
+    sha = model_sha256(sidecar)
+    for meta in sorted(SHIPPED_MODELS_DIR.glob("*.json")):
+        if sha and json.loads(meta.read_text()).get("sha256") == sha:
+            return meta.stem
+    return None
+
+
+def _gentract_rows(side: dict) -> tuple[list, str]:
+    """Sampling rows (drawn, kept, support-filter acceptance) and the note on a shipped model's
+    training data."""
+    rows = []
+    if side.get("NumberSampled") is not None:
+        rows.append(("streamlines drawn / kept", f"{side['NumberSampled']} / "
+                     f"{side.get('NumberOfStreamlines')}"))
+    accept = (side.get("SupportFilter") or {}).get("AcceptanceRate")
+    if accept is not None:
+        rows.append(("support filter acceptance", fmt(accept)))
+    shipped = shipped_model_name(side)
+    note = ("" if shipped is None else
+            f'<p class="note">The model ({esc(shipped)}, shipped with gentract) was trained on '
+            "synthetic phantoms only (gentract-phantom cohorts), never on real data: on real "
+            "data its streamlines are not validated.</p>")
+    return rows, note
+
+
 def _tracker_html(output_dir, series: dict, t: dict) -> str:
     m, side, met = t["model"], t["sidecar"], t["metrics"]
     anchor = f"{series['prefix']}-{m}"
@@ -375,7 +415,11 @@ def _tracker_html(output_dir, series: dict, t: dict) -> str:
         rows.append(("length mean / median (mm)",
                      f"{fmt(length.get('mean'), 1)} / {fmt(length.get('median'), 1)}"))
     rows += [(label, fmt(sanity.get(k))) for k, label in SANITY_ROWS if k in sanity]
-    out.append(kv_table(rows, "metrics"))
+    note = ""
+    if m == "gentract":
+        extra, note = _gentract_rows(side)
+        rows += extra
+    out.append(note + kv_table(rows, "metrics"))
     if t["bundles"]:
         out.append("<h4>Bundles</h4>" + _bundles_html(t["bundles"], m))
     for desc_, suffix, what in (("f1", "bundlestats", "Per-bundle F1"),
@@ -609,7 +653,10 @@ def write_subject_report(output_dir, subject, *, config: dict | None = None,
     body.append("</section>")
 
     text, cites = methods_paragraph(series_list)
-    refs = "".join(f"<li>{esc(REFERENCES[k])}</li>" for k in cites)
+    # DOIs as text: the report links nothing outside itself
+    refs = "".join(f"<li>{esc(REFERENCES[k])}"
+                   + (f" doi:{esc(REFERENCE_DOIS[k])}" if k in REFERENCE_DOIS else "") + "</li>"
+                   for k in cites)
     body.append(f'<section id="methods"><h2>Methods</h2><p>{text}</p>'
                 f'<h3>References</h3><ol class="refs">{refs}</ol></section>')
 

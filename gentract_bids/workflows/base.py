@@ -10,7 +10,15 @@ from nipype.pipeline import engine as pe
 
 from ..config import Config
 from ..interfaces.bids import CommitDerivatives, StageRegistration
-from ..io.bids import DWIInput, check_distinct_series, output_prefix
+from ..io.bids import (
+    DWIInput,
+    bids_uri,
+    build_path,
+    check_distinct_series,
+    input_link,
+    mask_metadata,
+    output_prefix,
+)
 from .evaluation import EVAL_FIELDS, init_evaluation_wf
 from .fodf import REGISTRATION_FIELDS, init_fodf_wf
 from .outputs import FODF_FIELDS, init_fodf_derivatives_wf, init_tractography_derivatives_wf
@@ -105,6 +113,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         label=item.label,
         omp_nthreads=ex.omp_nthreads,
         mem_gb=hints["fodf"],
+        denoise=wcfg.denoise,
+        unring=wcfg.unring,
     )
     fodf_wf.inputs.inputnode.dwi_file = item.dwi
     fodf_wf.inputs.inputnode.bval_file = item.bval
@@ -114,8 +124,15 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
 
     staging = str(Path(ex.work_dir) / "staging" / name)
     provenance = config.provenance(device)
-    ds_wf = init_fodf_derivatives_wf(staging_dir=staging, provenance=provenance,
-                                     with_response=wcfg.csd_method != "msmt")
+    refs = spatial_references(config, item, in_model_space)
+    native_mask = "bids::" + build_path({**item.series_entities, "space": "dwi", "desc": "brain",
+                                         "suffix": "mask", "extension": ".nii.gz"})
+    ds_wf = init_fodf_derivatives_wf(
+        staging_dir=staging, provenance=provenance, with_response=wcfg.csd_method != "msmt",
+        spatial_references=refs,
+        metadata={"mask_file": mask_metadata(item.mask, item.dwi, ex.bids_dir),
+                  "canonical_mask": {"Type": "Brain", "Sources": [native_mask],
+                                     "Description": "the brain mask on the canonical grid"}})
     # named by the series entities only: a QSIPrep series' space-/desc- are not the outputs'
     ds_wf.inputs.inputnode.source_file = str(
         Path(item.dwi).parent / f"{output_prefix(item.series_entities)}_dwi.nii.gz")
@@ -131,7 +148,7 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
     ])  # fmt: skip
     if registered:
         ds_reg = pe.Node(StageRegistration(staging_dir=staging, base_entities=item.series_entities,
-                                           provenance=provenance),
+                                           provenance=provenance, spatial_reference=refs["dwi"]),
                          name="ds_registration", run_without_submitting=True)
         wf.connect([
             (fodf_wf, ds_reg, [("outputnode.xfm_file", "xfm_file"),
@@ -152,8 +169,8 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         model = TRACKERS[tracker][0]
         track_wf = _tracking_wf(config, tracker, device, use_tissue_maps=tissue is not None,
                                 hints=hints)
-        for field, value in {"dwi_file": item.dwi, "bval_file": item.bval,
-                             "bvec_file": item.bvec, **(tissue or {})}.items():
+        for field, value in {"bval_file": item.bval, "bvec_file": item.bvec,
+                             **(tissue or {})}.items():
             setattr(track_wf.inputs.inputnode, field, value)
         eval_wf = init_evaluation_wf(
             mode=mode, subject=item.subject, truth_dir=str(tdir),
@@ -167,9 +184,11 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
             output_format=wcfg.output_format, name=f"eval_{model}_wf",
         )
         out_wf = init_tractography_derivatives_wf(
-            model=model, staging_dir=staging, provenance=provenance, base_entities=base_entities)
+            model=model, staging_dir=staging, provenance=provenance, base_entities=base_entities,
+            spatial_reference=refs["dwi"])
         wf.connect([
-            (fodf_wf, track_wf, [("outputnode.mask_file", "inputnode.mask_file"),
+            (fodf_wf, track_wf, [("outputnode.dwi_file", "inputnode.dwi_file"),
+                                 ("outputnode.mask_file", "inputnode.mask_file"),
                                  ("outputnode.fod_file", "inputnode.fod_file"),
                                  ("outputnode.canonical_fod", "inputnode.canonical_fod"),
                                  ("outputnode.canonical_mask", "inputnode.canonical_mask")]),
@@ -186,6 +205,23 @@ def init_single_series_wf(config: Config, item: DWIInput, device: str):
         if registered and "xfm_file" in eval_wf.get_node("inputnode").inputs.trait_names():
             wf.connect(fodf_wf, "outputnode.xfm_file", eval_wf, "inputnode.xfm_file")
     return wf
+
+
+def spatial_references(config: Config, item: DWIInput, in_model_space: bool) -> dict:
+    """``SpatialReference`` per output space: ``dwi`` the input series (a BIDS URI through the
+    output's ``DatasetLinks``); ``gentract`` the model's template image when the canonical grid is
+    the model's (its voxel grid; model coordinates are template mm shifted to centre it), else
+    the input series, in whose world space that grid then lies."""
+    bids_dir = config.execution.bids_dir
+    dwi = bids_uri(item.dwi, bids_dir, input_link(bids_dir))
+    template = None
+    if in_model_space:
+        from ..model.inference import resolve_model_path
+        from ..registration.template import template_path
+
+        template = template_path(resolve_model_path(config.model.path))
+    return {"dwi": dwi,
+            "gentract": template.resolve().as_uri() if template and template.is_file() else dwi}
 
 
 def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: bool,

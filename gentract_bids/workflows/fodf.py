@@ -4,6 +4,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.fodf import BrainMask, CanonicalFOD, ExportFOD, FitCSD
+from ..interfaces.preproc import PreprocessDWI
 from ..interfaces.registration import RegisterToTemplate
 
 REGISTRATION_FIELDS = ("xfm_file", "registration_metadata", "fa_file", "registration_figure",
@@ -25,6 +26,8 @@ def init_fodf_wf(
     label: str = "the series",
     omp_nthreads: int = 1,
     mem_gb: float = 0.5,
+    denoise: str = "none",
+    unring: bool = False,
     name: str = "fodf_wf",
 ):
     """Build the fODF workflow of one DWI series.
@@ -47,6 +50,11 @@ def init_fodf_wf(
 
     ``omp_nthreads`` and ``mem_gb`` are the resource hints of the heavy nodes (CSD, registration,
     resampling) that MultiProc and the batch plugins (``--use-plugin``) schedule by.
+
+    ``denoise`` (``mppca``/``patch2self``) and ``unring`` preprocess the DWI first
+    (:mod:`gentract_bids.fodf.denoise`); every later node, and ``outputnode.dwi_file`` (what the
+    baseline trackers read), gets the preprocessed series, and the fODF sidecar records the steps
+    under ``Preprocessing``.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -55,7 +63,8 @@ def init_fodf_wf(
     )
     outputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["mask_file", "mask_metadata", "fod_file", "fod_derivative", "fod_metadata",
+            fields=["dwi_file", "mask_file", "mask_metadata", "fod_file", "fod_derivative",
+                    "fod_metadata",
                     "fod_response", "response_metadata",
                     "canonical_fod", "canonical_mask", "canonical_metadata",
                     *REGISTRATION_FIELDS]
@@ -80,18 +89,35 @@ def init_fodf_wf(
         canonical.inputs.model_path = str(model_path)
 
     dwi_fields = ("dwi_file", "bval_file", "bvec_file")
+    source = inputnode  # the DWI every node reads: the input, or its preprocessed copy
+    if denoise != "none" or unring:
+        source = pe.Node(niu.IdentityInterface(fields=list(dwi_fields)), name="dwi_source")
+        preproc = pe.Node(PreprocessDWI(denoise=denoise, unring=unring), name="preprocess_dwi")
+        record = pe.Node(niu.Function(function=_with_preprocessing,
+                                      input_names=["metadata", "preprocessing"],
+                                      output_names=["metadata"]), name="record_preprocessing")
+        wf.connect([
+            (inputnode, preproc, [("dwi_file", "dwi_file"), ("bval_file", "bval_file")]),
+            (inputnode, source, [("bval_file", "bval_file"), ("bvec_file", "bvec_file")]),
+            (preproc, source, [("out_file", "dwi_file")]),
+            (export, record, [("metadata", "metadata")]),
+            (preproc, record, [("metadata", "preprocessing")]),
+            (record, outputnode, [("metadata", "fod_metadata")]),
+        ])  # fmt: skip
+    else:
+        wf.connect(export, "metadata", outputnode, "fod_metadata")
     wf.connect([
         # separate lists: nipype extends an edge's list in place when it is connected again
-        (inputnode, mask, [(f, f) for f in dwi_fields]),
-        (inputnode, csd, [(f, f) for f in dwi_fields]),
+        (source, outputnode, [("dwi_file", "dwi_file")]),
+        (source, mask, [(f, f) for f in dwi_fields]),
+        (source, csd, [(f, f) for f in dwi_fields]),
         (mask, csd, [("out_mask", "mask_file")]),
         (csd, canonical, [("out_fod", "fod_file")]),
         (mask, canonical, [("out_mask", "mask_file")]),
         (mask, outputnode, [("out_mask", "mask_file"), ("metadata", "mask_metadata")]),
         (csd, export, [("out_fod", "fod_file"), ("metadata", "metadata")]),
         (csd, outputnode, [("out_fod", "fod_file")]),
-        (export, outputnode, [("out_fod", "fod_derivative"), ("metadata", "fod_metadata"),
-                              ("out_response", "fod_response"),
+        (export, outputnode, [("out_fod", "fod_derivative"), ("out_response", "fod_response"),
                               ("response_metadata", "response_metadata")]),
         (canonical, outputnode, [("out_fod", "canonical_fod"), ("out_mask", "canonical_mask"),
                                  ("metadata", "canonical_metadata")]),
@@ -103,7 +129,7 @@ def init_fodf_wf(
                                               label=label),
                            name="register", n_procs=omp_nthreads, mem_gb=mem_gb)
         wf.connect([
-            (inputnode, register, [(f, f) for f in dwi_fields]),
+            (source, register, [(f, f) for f in dwi_fields]),
             (mask, register, [("out_mask", "mask_file")]),
             (register, canonical, [("xfm_file", "xfm_file")]),
             (register, outputnode, [("xfm_file", "xfm_file"), ("metadata", "registration_metadata"),
@@ -111,3 +137,8 @@ def init_fodf_wf(
                                     ("space", "template_space")]),
         ])  # fmt: skip
     return wf
+
+
+def _with_preprocessing(metadata: dict, preprocessing: dict) -> dict:
+    """The fODF sidecar with the DWI preprocessing record (a nipype Function node)."""
+    return {**metadata, "Preprocessing": preprocessing}

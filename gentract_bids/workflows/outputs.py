@@ -23,14 +23,17 @@ FODF_FIELDS = (*FODF_OUTPUTS, *sorted({meta for meta, _ in FODF_OUTPUTS.values()
 
 
 def init_fodf_derivatives_wf(*, staging_dir: str, provenance: dict, with_response: bool = True,
-                             name: str = "fodf_derivatives_wf"):
+                             spatial_references: dict | None = None,
+                             metadata: dict | None = None, name: str = "fodf_derivatives_wf"):
     """Write the fODF stage's derivatives into ``staging_dir`` (committed later, all at once).
 
     Inputs (``inputnode``): ``source_file`` (the raw DWI) and every field of ``FODF_OUTPUTS`` with
     its metadata field. Outputs (``outputnode``): ``out_files`` (staged images and sidecars).
 
     Each sink adds ``provenance`` to its JSON sidecar. ``with_response=False`` (multi-shell CSD,
-    whose responses are not written) leaves the response file out.
+    whose responses are not written) leaves the response file out. ``spatial_references``
+    (space -> BIDS URI) gives each ``space-`` file its ``SpatialReference``; ``metadata`` (field
+    -> dict) adds to one file's sidecar (e.g. the mask's ``Sources`` and ``Description``).
     """
     outputs = {k: v for k, v in FODF_OUTPUTS.items() if with_response or k != "fod_response"}
     wf = pe.Workflow(name=name)
@@ -45,6 +48,8 @@ def init_fodf_derivatives_wf(*, staging_dir: str, provenance: dict, with_respons
         # only the canonical (z-scored with the model's statistics) files depend on the model
         prov = {k: v for k, v in provenance.items()
                 if k != "ModelChecksum" or entities.get("space") == "gentract"}
+        ref = (spatial_references or {}).get(entities.get("space"))
+        prov.update({"SpatialReference": ref} if ref else {}, **(metadata or {}).get(field, {}))
         sink = pe.Node(
             DerivativesDataSink(base_directory=staging_dir, compress=compress, **entities,
                                 **prov),
@@ -61,7 +66,8 @@ def init_fodf_derivatives_wf(*, staging_dir: str, provenance: dict, with_respons
 
 
 def init_tractography_derivatives_wf(*, model: str, staging_dir: str, provenance: dict,
-                                     base_entities: dict, name: str | None = None):
+                                     base_entities: dict, spatial_reference: str | None = None,
+                                     name: str | None = None):
     """Stage one tracker's outputs, named by ``io_spec.json`` with ``model-<model>``.
 
     Inputs (``inputnode``): ``tractogram``, ``tractogram_metadata`` and the evaluation fields
@@ -77,7 +83,7 @@ def init_tractography_derivatives_wf(*, model: str, staging_dir: str, provenance
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
     stage = pe.Node(
         StageTractography(staging_dir=staging_dir, base_entities=base_entities, model=model,
-                          provenance=provenance),
+                          provenance=provenance, spatial_reference=spatial_reference or ""),
         name="stage", run_without_submitting=True,
     )
     eval_links = [(f, f) for f in EVAL_FIELDS if f != "metadata"] + [("metadata", "eval_metadata")]

@@ -1,0 +1,36 @@
+"""Report details of issue 18 point 7: the shipped model's training data is named, the support
+filter's draws and acceptance are shown, long command lines wrap, references give their DOIs."""
+
+import json
+
+from gentract_bids.model.inference import SHIPPED_MODELS_DIR
+from gentract_bids.reports.subject import (
+    CSS,
+    REFERENCE_DOIS,
+    REFERENCES,
+    _gentract_rows,
+    shipped_model_name,
+)
+
+
+def _sidecar(sha):
+    return {"Model": {"Name": "phantom", "SHA256": sha}, "ModelChecksum": sha,
+            "NumberSampled": 1024, "NumberOfStreamlines": 200,
+            "SupportFilter": {"Threshold": 0.05, "AcceptanceRate": 0.4443}}
+
+
+def test_shipped_model_is_said_to_be_phantom_trained():
+    sha = json.loads((SHIPPED_MODELS_DIR / "gentract_phantom.json").read_text())["sha256"]
+    assert shipped_model_name(_sidecar(sha)) == "gentract_phantom"
+    rows, note = _gentract_rows(_sidecar(sha))
+    assert dict(rows) == {"streamlines drawn / kept": "1024 / 200",
+                          "support filter acceptance": "0.444"}
+    assert "synthetic phantoms only" in note and "gentract_phantom" in note
+    rows, note = _gentract_rows(_sidecar("0" * 64))  # a user's own checkpoint
+    assert note == "" and len(rows) == 2
+
+
+def test_long_lines_wrap_and_references_have_dois():
+    assert "pre-wrap" in CSS and "overflow-wrap:anywhere" in CSS
+    assert set(REFERENCE_DOIS) <= set(REFERENCES)
+    assert all(doi.startswith("10.") for doi in REFERENCE_DOIS.values())
