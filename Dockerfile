@@ -6,10 +6,11 @@ ARG BASE=docker.io/library/python:3.11-slim-bookworm
 FROM ${BASE}
 ARG TORCH=cpu
 ARG VERSION=0.1.0
+# No org.opencontainers.image.source: the project publishes no source URL (pyproject.toml has no
+# [project.urls]); the installed package's metadata (gentract-*.dist-info) is the provenance.
 LABEL org.opencontainers.image.title="gentract" \
       org.opencontainers.image.description="GenTract-BIDS: generative global tractography" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.source="https://github.com/gentract/gentract-bids" \
       org.opencontainers.image.licenses="Apache-2.0"
 # Debian's python3 (3.11) for the venv and MRtrix3's scripts; MRtrix3 for the baselines only.
 # hadolint ignore=DL3008

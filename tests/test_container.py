@@ -55,3 +55,16 @@ def test_dockerfile_and_singularity_agree():
                   for name in ("requirements.lock", "requirements-cuda.lock"))
     assert cuda["torch"] == pins["torch"] and "triton" in cuda
     assert "+cpu" not in (ROOT / "requirements-cuda.lock").read_text()
+
+
+def test_image_labels_come_from_the_package_metadata():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    labels = dict(re.findall(r'org\.opencontainers\.image\.(\w+)="([^"]*)"',
+                             (ROOT / "Dockerfile").read_text()))
+    assert labels["version"] == "${VERSION}" and labels["licenses"] == project["license"]["text"]
+    # A source URL only if the project publishes one (pyproject [project.urls]): none invented.
+    urls = set(project.get("urls", {}).values())
+    assert labels.get("source", None) in urls | ({None} if not urls else set())
+    assert not re.search(r"https?://", " ".join(v for k, v in labels.items() if k != "source"))
