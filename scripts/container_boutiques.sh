@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make container-boutiques`: `bosh exec launch` of the descriptor's example invocation against
-# the built image. bosh runs `docker`; where no Docker daemon answers, a `docker` shim that calls
-# podman is put first in PATH. The phantom is made by the image itself.
+# the image `make container` built with podman. bosh runs `docker`: a `docker` shim that calls
+# podman is put first in PATH (DOCKER=docker keeps a real Docker, with the image loaded into it).
+# The phantom is made by the image itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -9,7 +10,7 @@ IMAGE=${IMAGE:-localhost/gentract:latest}
 D=${BOSH_TEST_DIR:-/tmp/gentract-bosh}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/containers.conf}
 rm -rf "$D" && mkdir -p "$D/shim"
-if ! docker info >/dev/null 2>&1; then
+if [ "${DOCKER:-podman}" = podman ]; then
   printf '#!/bin/sh\nexec podman "$@"\n' > "$D/shim/docker" && chmod +x "$D/shim/docker"
   export PATH=$D/shim:$PATH
 fi
