@@ -48,12 +48,11 @@ RUN --mount=type=secret,id=cacert \
  && pip install -r /tmp/run.lock && pip check \
  && rm -rf /tmp/run.lock /opt/venv/lib/python3.11/site-packages/torch/test \
       /opt/venv/lib/python3.11/site-packages/torch/include
-COPY pyproject.toml README.md /opt/gentract/
-COPY gentract_bids /opt/gentract/gentract_bids
-RUN --mount=type=secret,id=cacert \
+# The package is installed from the build context bind-mounted read-write (writes discarded), so
+# its sources leave no layer behind.
+RUN --mount=type=secret,id=cacert --mount=type=bind,target=/opt/src,rw \
     if [ -f /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
- && pip install --no-deps /opt/gentract \
- && rm -rf /opt/gentract/gentract_bids \
+ && pip install --no-deps /opt/src \
  && python -c "import niworkflows.interfaces.bids, gentract_bids.cli.run" \
  && gentract --version && rm -rf /tmp/* /root/.cache
 USER 999
