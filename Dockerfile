@@ -48,11 +48,13 @@ RUN --mount=type=secret,id=cacert \
  && pip install -r /tmp/run.lock && pip check \
  && rm -rf /tmp/run.lock /opt/venv/lib/python3.11/site-packages/torch/test \
       /opt/venv/lib/python3.11/site-packages/torch/include
-# The package is installed from the build context bind-mounted read-write (writes discarded), so
-# its sources leave no layer behind.
-RUN --mount=type=secret,id=cacert --mount=type=bind,target=/opt/src,rw \
+# The package is installed from a copy in /tmp of the bind-mounted build context, emptied in the
+# same step: its sources leave no layer behind, and the build writes nothing into the context.
+RUN --mount=type=secret,id=cacert --mount=type=bind,target=/opt/src \
     if [ -f /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
- && pip install --no-deps /opt/src \
+ && mkdir /tmp/src && cp -r /opt/src/pyproject.toml /opt/src/README.md /opt/src/gentract_bids \
+      /tmp/src/ \
+ && pip install --no-deps /tmp/src \
  && python -c "import niworkflows.interfaces.bids, gentract_bids.cli.run" \
  && gentract --version && rm -rf /tmp/* /root/.cache
 USER 999
