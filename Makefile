@@ -35,8 +35,8 @@ clean:
 	rm -rf $(VENV) demo
 
 # Containers (README "Containers"): build the OCI image with podman, run the phantom demo inside
-# and outside it, and run it unprivileged with Charliecloud.
-.PHONY: container container-test container-charliecloud
+# and outside it, run it unprivileged with Charliecloud, and launch the Boutiques example with bosh.
+.PHONY: container container-test container-charliecloud container-boutiques
 container:
 	bash scripts/container_build.sh
 
@@ -45,3 +45,6 @@ container-test: venv
 
 container-charliecloud:
 	bash scripts/container_charliecloud.sh
+
+container-boutiques: venv
+	bash scripts/container_boutiques.sh

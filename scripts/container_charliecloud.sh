@@ -17,7 +17,7 @@ as() { runuser -u chuser -- "$@"; }
 as ch-run "${ENVS[@]}" "$D/img" -- /opt/venv/bin/gentract --version
 as ch-run "${ENVS[@]}" -b "$D:/mnt/0" "$D/img" -- /opt/venv/bin/gentract-phantom /mnt/0/bids \
   --n-subjects 1 --seed 1000 --voxel-size 4
-time as ch-run "${ENVS[@]}" -b "$D:/mnt/0" "$D/img" -- /opt/venv/bin/gentract /mnt/0/bids /mnt/0/out \
-  participant -w /mnt/0/work --model gentract_phantom --random-seed 0 --tracker gentract \
-  --n-streamlines 300 --nprocs 2
+time as ch-run "${ENVS[@]}" -b "$D:/mnt/0" "$D/img" -- /opt/venv/bin/gentract /mnt/0/bids \
+  /mnt/0/out participant -w /mnt/0/work --model gentract_phantom --random-seed 0 \
+  --tracker gentract --n-streamlines 300 --nprocs 2
 ls "$D"/out/sub-01/dwi/sub-01_space-dwi_model-gentract_streamlines.trx

@@ -55,3 +55,35 @@ def test_dockerfile_and_singularity_agree():
                   for name in ("requirements.lock", "requirements-cuda.lock"))
     assert cuda["torch"] == pins["torch"] and "triton" in cuda
     assert "+cpu" not in (ROOT / "requirements-cuda.lock").read_text()
+
+
+def test_image_labels_come_from_the_package_metadata():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    labels = dict(re.findall(r'org\.opencontainers\.image\.(\w+)="([^"]*)"',
+                             (ROOT / "Dockerfile").read_text()))
+    assert labels["version"] == "${VERSION}" and labels["licenses"] == project["license"]["text"]
+    # A source URL only if the project publishes one (pyproject [project.urls]): none invented.
+    urls = set(project.get("urls", {}).values())
+    assert labels.get("source", None) in urls | ({None} if not urls else set())
+    assert not re.search(r"https?://", " ".join(v for k, v in labels.items() if k != "source"))
+
+
+def test_image_leaves_out_exactly_the_test_extra():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    docker = (ROOT / "Dockerfile").read_text().replace("\\\n", "")
+    left_out = set(re.search(r'^ARG TEST_ONLY="([^"]+)"', docker, re.M).group(1).split("|"))
+    test_extra = {r.split("==")[0] for r in project["optional-dependencies"]["test"]}
+    runtime = {r.split("==")[0] for r in project["dependencies"]}
+    pins = {line.split("==")[0] for line in (ROOT / "requirements.lock").read_text().split()}
+    assert test_extra <= left_out and left_out <= pins and not left_out & runtime
+
+
+def test_ci_runs_make_targets_that_exist():
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    called = re.findall(r"make ([\w-]+)", (ROOT / ".circleci" / "config.yml").read_text())
+    assert {"container", "container-test", "container-charliecloud",
+            "container-boutiques"} <= set(called) <= targets
