@@ -32,15 +32,21 @@ def parse_mem(value: str) -> int:
 parse_mem.__name__ = "memory size"  # argparse names the type in its error message
 
 
+def read_option_file(path: Path, option: str, parse, error, kind: str):
+    """The content of the file an ``option`` names, parsed by ``parse``; an unreadable file or a
+    parse ``error`` is one :class:`UsageError` line naming the option and the file."""
+    try:
+        return parse(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"{option} {path}: {err.strerror}") from None
+    except error as err:
+        raise UsageError(f"{option} {path}: not valid {kind} ({err})") from None
+
+
 def config_file_defaults(parser, path: Path) -> dict:
     """The options of a ``--config-file`` TOML (``option = value``, dashes or underscores, as on
     the command line) as parser defaults: the command line still overrides each of them."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except OSError as err:
-        raise UsageError(f"--config-file {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"--config-file {path}: not valid TOML ({err})") from None
+    raw = read_option_file(path, "--config-file", tomllib.loads, tomllib.TOMLDecodeError, "TOML")
     actions = {}
     for action in parser._actions:
         for opt in action.option_strings:
@@ -68,12 +74,7 @@ def load_bids_filters(path: Path) -> dict:
     """``--bids-filter-file``: a JSON object of pybids filters per query, as in fMRIPrep
     (``{"dwi": {"acquisition": "multishell", "run": 1}}``); ``null`` matches files without the
     entity, ``"*"`` any value."""
-    try:
-        filters = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise UsageError(f"--bids-filter-file {path}: {err.strerror}") from None
-    except ValueError as err:
-        raise UsageError(f"--bids-filter-file {path}: not valid JSON ({err})") from None
+    filters = read_option_file(path, "--bids-filter-file", json.loads, ValueError, "JSON")
     if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
         raise UsageError(f"--bids-filter-file {path}: must be a JSON object of objects, e.g. "
                          '{"dwi": {"acquisition": "multishell"}}')
@@ -132,12 +133,7 @@ def load_plugin_file(path: Path) -> dict:
     mapping handed to nipype's ``wf.run`` (e.g. ``sbatch_args: "-p short --time 2:00:00"``)."""
     import yaml
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise UsageError(f"--use-plugin {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"--use-plugin {path}: not valid YAML ({err})") from None
+    raw = read_option_file(path, "--use-plugin", yaml.safe_load, yaml.YAMLError, "YAML")
     if not isinstance(raw, dict) or not isinstance(raw.get("plugin"), str):
         raise UsageError(f"--use-plugin {path}: needs 'plugin: NAME' (e.g. SLURM, MultiProc)")
     unknown = sorted(set(raw) - {"plugin", "plugin_args"})
