@@ -4,11 +4,12 @@ filter's draws and acceptance are shown, long command lines wrap, references giv
 import json
 
 from gentract_bids.model.inference import SHIPPED_MODELS_DIR
+from gentract_bids.reports.html import render
 from gentract_bids.reports.subject import (
-    CSS,
     REFERENCE_DOIS,
     REFERENCES,
     _gentract_rows,
+    references,
     shipped_model_name,
 )
 
@@ -22,15 +23,20 @@ def _sidecar(sha):
 def test_shipped_model_is_said_to_be_phantom_trained():
     sha = json.loads((SHIPPED_MODELS_DIR / "gentract_phantom.json").read_text())["sha256"]
     assert shipped_model_name(_sidecar(sha)) == "gentract_phantom"
-    rows, note = _gentract_rows(_sidecar(sha))
+    rows, shipped = _gentract_rows(_sidecar(sha))
     assert dict(rows) == {"streamlines drawn / kept": "1024 / 200",
                           "support filter acceptance": "0.444"}
-    assert "synthetic phantoms only" in note and "gentract_phantom" in note
-    rows, note = _gentract_rows(_sidecar("0" * 64))  # a user's own checkpoint
-    assert note == "" and len(rows) == 2
+    assert shipped == "gentract_phantom"
+    rows, shipped = _gentract_rows(_sidecar("0" * 64))  # a user's own checkpoint
+    assert shipped is None and len(rows) == 2
 
 
 def test_long_lines_wrap_and_references_have_dois():
-    assert "pre-wrap" in CSS and "overflow-wrap:anywhere" in CSS
-    assert set(REFERENCE_DOIS) <= set(REFERENCES)
+    page = render("base.html.j2", title="t")
+    assert "pre-wrap" in page and "overflow-wrap:anywhere" in page
+    # every reference has a DOI (GenTract's is arXiv's), linked through doi.org
+    assert set(REFERENCE_DOIS) == set(REFERENCES)
     assert all(doi.startswith("10.") for doi in REFERENCE_DOIS.values())
+    html = render("references.html.j2", methods="m", references=references(REFERENCES))
+    for doi in REFERENCE_DOIS.values():
+        assert f'<a href="https://doi.org/{doi}">doi:{doi}</a>' in html

@@ -103,7 +103,9 @@ def test_subject_reports_have_every_section(run):
         assert set(SECTIONS) <= page.ids
         assert f"tracker-sub-{sub}-{MODEL}" in page.ids
         text = report.read_text(encoding="utf-8")
-        assert "<script" not in text and "http://" not in text and "https://" not in text
+        # nothing loaded from outside; the only outside links are the references' DOIs
+        assert "<script" not in text and "http://" not in text
+        assert text.count("https://") == text.count('<a href="https://doi.org/10.')
         # inputs: the real input DWI's shape and shells
         shape = nb.load(run["bids"] / f"sub-{sub}" / "dwi" / f"sub-{sub}_dwi.nii.gz").shape
         assert " × ".join(map(str, shape)) in text

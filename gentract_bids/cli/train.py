@@ -285,12 +285,13 @@ def train(opts) -> dict:
     ctx.timings["processes"] = world
     finish_distributed()
     if rank == 0:
-        from ..reports.training import plot_losses
+        from ..reports.training import plot_losses, write_training_report
 
         plot_losses(run_dir)
         path = checkpoint()
         summary = {"checkpoint": str(path), "timings": ctx.timings, **results}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        write_training_report(run_dir, summary)
         print(json.dumps({k: v for k, v in summary.items() if k != "vae"}, indent=1,
                          default=str))
         return summary

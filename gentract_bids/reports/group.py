@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ..errors import NoInputError
 from ..io.bids import SERIES_ENTITIES
+from .html import fmt, render, write_html
 from .subject import (
-    FOD_GLOB, TRACKER_NAMES, esc, find_models, fmt, grid_table, page, series_entities,
-    series_prefix, tracker_files, tracker_summary, tracking_seconds,
+    FOD_GLOB, TRACKER_NAMES, find_models, series_entities, series_prefix, tracker_files,
+    tracker_summary, tracking_seconds,
 )
 
 ID_COLUMNS = tuple(SERIES_ENTITIES)
@@ -122,56 +123,34 @@ def write_group_report(output_dir, fodf_rows: list[dict], summaries: list[dict],
     output_dir = Path(output_dir)
     figures = group_figures(output_dir, summaries, rows) if summaries else []
     ids = [c for c in ID_COLUMNS if summaries and c in summaries[0]]
-    body = ["<h1>gentract group report</h1>"]
     subjects = sorted({s["subject"] for s in summaries} | {
         series_entities(r["file"]).get("subject") for r in fodf_rows})
-    links = [f'<a href="sub-{esc(s)}.html">sub-{esc(s)}</a>' if
-             (output_dir / f"sub-{s}.html").exists() else f"sub-{esc(s)}" for s in subjects]
-    body.append(f'<section id="summary"><h2>Summary</h2><p>{len(subjects)} participant(s): '
-                f"{', '.join(links)}; {len(fodf_rows)} DWI series; trackers: "
-                f"{esc(', '.join(sorted({s['model'] for s in summaries})) or 'none')}.</p>")
-    if summaries:
-        header = [*ids, "tracker", "evaluation", "streamlines", "precision", "bundles found",
-                  "mean F1", "tracking (s)", "streamlines/s"]
-        trs = [[esc(s[c]) for c in ids]
-               + [esc(s["model"]), esc(s["mode"]), fmt(s["n_streamlines"]), fmt(s["precision"]),
-                  f"{s['valid_bundles']} / {s['n_bundles']}" if s["n_bundles"] else "–",
-                  fmt(s["mean_f1"]), fmt(s["tracking_seconds"], 1),
-                  fmt(s["streamlines_per_second"], 1)] for s in summaries]
-        body.append(grid_table(header, trs, cls="subjects"))
-        means = []
-        for m in sorted({s["model"] for s in summaries}):
-            sel = [s for s in summaries if s["model"] == m]
+    links = [{"href": f"sub-{s}.html", "text": f"sub-{s}"}
+             if (output_dir / f"sub-{s}.html").exists() else f"sub-{s}" for s in subjects]
+    trs = [[str(s[c]) for c in ids]
+           + [s["model"], s["mode"], fmt(s["n_streamlines"]), fmt(s["precision"]),
+              f"{s['valid_bundles']} / {s['n_bundles']}" if s["n_bundles"] else "–",
+              fmt(s["mean_f1"]), fmt(s["tracking_seconds"], 1),
+              fmt(s["streamlines_per_second"], 1)] for s in summaries]
+    means = []
+    for m in sorted({s["model"] for s in summaries}):
+        sel = [s for s in summaries if s["model"] == m]
 
-            def mean(key, sel=sel):
-                vals = [float(s[key]) for s in sel if s.get(key) is not None]
-                return sum(vals) / len(vals) if vals else None
+        def mean(key, sel=sel):
+            vals = [float(s[key]) for s in sel if s.get(key) is not None]
+            return sum(vals) / len(vals) if vals else None
 
-            means.append([f"{esc(m)} ({esc(TRACKER_NAMES.get(m, m))})", str(len(sel)),
-                          fmt(mean("precision")), fmt(mean("valid_bundles"), 1),
-                          fmt(mean("mean_f1")), fmt(mean("streamlines_per_second"), 1)])
-        body.append("<h3>Mean per tracker</h3>" + grid_table(
-            ["tracker", "series", "precision", "bundles found", "mean F1", "streamlines/s"],
-            means, cls="trackers"))
-    else:
-        body.append("<p>No tractography results (the participant level ran the fODF stage "
-                    "only).</p>")
-    body.append("</section>")
-    if figures:
-        body.append('<section id="figures"><h2>Figures</h2>')
-        for caption, path in figures:
-            rel = path.relative_to(output_dir).as_posix()
-            body.append(f'<h3>{esc(caption)}</h3><img src="{esc(rel)}" alt="{esc(caption)}">')
-        body.append("</section>")
-    if fodf_rows:
-        cols = list(fodf_rows[0])
-        body.append('<section id="fodf"><h2>fODF</h2>' + grid_table(
-            cols, [[esc(r[c]) for c in cols] for r in fodf_rows], cls="fodf") + "</section>")
-    if rows:
-        body.append('<section id="tables"><h2>Tables</h2><p>Per-bundle values of every subject '
-                    'and tracker: <a href="group_bundlestats.tsv">group_bundlestats.tsv</a>; '
-                    'fODF runs: <a href="group_fodf.tsv">group_fodf.tsv</a>.</p></section>')
-    path = output_dir / "group.html"
-    path.write_text(page("gentract: group report", "\n".join(body)), encoding="utf-8")
-    return path
-
+        means.append([f"{m} ({TRACKER_NAMES.get(m, m)})", str(len(sel)),
+                      fmt(mean("precision")), fmt(mean("valid_bundles"), 1),
+                      fmt(mean("mean_f1")), fmt(mean("streamlines_per_second"), 1)])
+    cols = list(fodf_rows[0]) if fodf_rows else []
+    html = render(
+        "group.html.j2", title="gentract: group report", subjects=links,
+        n_series=len(fodf_rows), models=sorted({s["model"] for s in summaries}),
+        subject_header=[*ids, "tracker", "evaluation", "streamlines", "precision",
+                        "bundles found", "mean F1", "tracking (s)", "streamlines/s"],
+        subject_rows=trs, mean_rows=means,
+        figures=[(c, p.relative_to(output_dir).as_posix()) for c, p in figures],
+        fodf_header=cols, fodf_rows=[[str(r[c]) for c in cols] for r in fodf_rows],
+        tables=bool(rows))
+    return write_html(output_dir / "group.html", html)

@@ -9,7 +9,6 @@ HTML is otherwise self-contained (inline CSS, no scripts).
 from __future__ import annotations
 
 import csv
-import html
 import json
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from ..io.bids import SERIES_ENTITIES, output_prefix
 from .bundles import MANY_BUNDLES, bundle_group, grouped, sort_key
+from .html import fmt
 
 FOD_GLOB = "*_space-dwi_model-csd_param-fod_dwimap.json"
 TRACKER_NAMES = {"gentract": "GenTract", "ifod2": "MRtrix3 iFOD2", "sdstream": "MRtrix3 SD_Stream",
@@ -47,23 +47,6 @@ REFERENCES = {
                    "global streamline-based registration and clustering. NeuroImage "
                    "170:283-295, 2018.",
 }
-
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0 auto;
-max-width:1200px;padding:1em 2em;color:#222;line-height:1.45}
-h1{border-bottom:2px solid #345;padding-bottom:.2em}h2{color:#345;margin-top:1.8em;
-border-bottom:1px solid #ccc}h3{color:#456}
-nav a{margin-right:1em}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.2em .6em;text-align:right}
-th{background:#eef2f6}td:first-child,th:first-child{text-align:left}
-tr.notfound td{color:#888}
-img{max-width:100%;border:1px solid #ddd;margin:.3em 0}
-.note{color:#666;font-size:.9em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;
-font-size:.8em;white-space:pre-wrap;overflow-wrap:anywhere}td{overflow-wrap:anywhere}
-.refs li{margin-bottom:.3em;font-size:.9em}
-"""
-
 
 # -- reading the derivatives -----------------------------------------------------------------
 def filename_entities(name: str) -> dict:
@@ -120,20 +103,6 @@ def find_registration(output_dir, series: dict) -> dict | None:
         return {"meta": json.loads(side.read_text()), "xfm": side.with_suffix(".txt"),
                 "figure": fig if fig.is_file() else None, "space": space}
     return None
-
-
-def _registration_html(output_dir, reg: dict) -> str:
-    r = reg["meta"].get("Registration", {})
-    rows = [("target", f"{reg['space']} template: {reg['meta'].get('Template', '')}"),
-            ("method", r.get("Method")), ("brain-mask Dice", fmt(r.get("BrainMaskDice"))),
-            ("rotation", f"{fmt(r.get('RotationDegrees'), 1)}°"),
-            ("scales", ", ".join(fmt(v) for v in r.get("Scales", []))),
-            ("translation (mm)", ", ".join(fmt(v, 1) for v in r.get("TranslationMm", []))),
-            ("time", f"{fmt(r.get('Seconds'), 1)} s"), ("transform file", reg["xfm"].name)]
-    out = kv_table(rows)
-    if reg["figure"] is not None:
-        out += img_tag(output_dir, reg["figure"], "registration to the model's template")
-    return out
 
 
 def read_tsv(path) -> list[dict]:
@@ -276,67 +245,40 @@ def make_fod_figure(output_dir, series: dict) -> Path:
                           title=f"{series['prefix']}: fODF (CSD) peak directions")
 
 
-# -- HTML ------------------------------------------------------------------------------------
-def esc(value) -> str:
-    return html.escape(str(value))
+# -- report content: plain values for the templates (data/templates/subject.html.j2) ----------
+def rel(output_dir, path) -> str:
+    """A figure's path relative to the report (reports sit in ``output_dir``)."""
+    return Path(path).relative_to(output_dir).as_posix()
 
 
-def fmt(value, digits: int = 3) -> str:
-    """A table cell: floats to ``digits`` decimals, booleans as yes/no, None as an en dash."""
-    if value is None or value == "":
-        return "–"
-    if isinstance(value, bool) or value in ("true", "false", "True", "False"):
-        return "yes" if str(value).lower() == "true" else "no"
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return esc(value)
-    if f.is_integer() and not isinstance(value, float) and "." not in str(value):
-        return str(int(f))
-    return f"{f:.{digits}f}"
+def _registration_view(output_dir, reg: dict) -> dict:
+    r = reg["meta"].get("Registration", {})
+    rows = [("target", f"{reg['space']} template: {reg['meta'].get('Template', '')}"),
+            ("method", r.get("Method")), ("brain-mask Dice", fmt(r.get("BrainMaskDice"))),
+            ("rotation", f"{fmt(r.get('RotationDegrees'), 1)}°"),
+            ("scales", ", ".join(fmt(v) for v in r.get("Scales", []))),
+            ("translation (mm)", ", ".join(fmt(v, 1) for v in r.get("TranslationMm", []))),
+            ("time", f"{fmt(r.get('Seconds'), 1)} s"), ("transform file", reg["xfm"].name)]
+    return {"rows": rows,
+            "figure": rel(output_dir, reg["figure"]) if reg["figure"] is not None else None}
 
 
-def kv_table(rows, cls: str = "kv") -> str:
-    body = "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows if v is not None)
-    return f'<table class="{cls}">{body}</table>'
-
-
-def grid_table(header: list[str], rows: list[list[str]], *, row_attrs=None, cls="") -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    row_attrs = row_attrs or [""] * len(rows)
-    body = "".join(f"<tr{a}>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
-                   for r, a in zip(rows, row_attrs))
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def img_tag(output_dir, path: Path, alt: str) -> str:
-    rel = Path(path).relative_to(output_dir).as_posix()
-    return f'<img src="{esc(rel)}" alt="{esc(alt)}">'
-
-
-def page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n"
-            "</body></html>\n")
-
-
-def _inputs_html(info: dict) -> str:
+def _input_rows(info: dict) -> list:
     shells = info.get("directions_per_shell")
-    rows = [("input DWI", esc(info["source"]) if info.get("source") else
+    return [("input DWI", info["source"] if info.get("source") else
              "not reachable (summary from the fODF derivative)"),
-            ("image shape", esc(" × ".join(map(str, info["shape"])))),
-            ("voxel size (mm)", esc(" × ".join(f"{z:.2f}" for z in info["voxel_mm"]))),
-            ("orientation", esc(info.get("orientation"))),
+            ("image shape", " × ".join(map(str, info["shape"]))),
+            ("voxel size (mm)", " × ".join(f"{z:.2f}" for z in info["voxel_mm"])),
+            ("orientation", info.get("orientation")),
             ("volumes", fmt(info.get("n_volumes"))),
             ("b = 0 volumes", fmt(info.get("n_b0"))),
-            ("directions per shell", esc(", ".join(f"b={b}: {n}" for b, n in shells.items()))
+            ("directions per shell", ", ".join(f"b={b}: {n}" for b, n in shells.items())
              if shells else None),
-            ("shells (s/mm²)", esc(", ".join(f"{s:g}" for s in info["shells"] or []))
+            ("shells (s/mm²)", ", ".join(f"{s:g}" for s in info["shells"] or [])
              if info.get("shells") else None),
-            ("CSD", esc(f"{info.get('csd_method')}, L_max {info.get('sh_order')}, shell(s) "
-                        + ", ".join(f"{s:g}" for s in info.get("shells_used") or []))),
+            ("CSD", f"{info.get('csd_method')}, L_max {info.get('sh_order')}, shell(s) "
+                    + ", ".join(f"{s:g}" for s in info.get("shells_used") or [])),
             ("voxels fitted", fmt(info.get("csd_voxels")))]
-    return kv_table(rows)
 
 
 METRIC_ROWS = (("n_streamlines", "streamlines"), ("precision", "precision (valid streamlines)"),
@@ -351,13 +293,19 @@ SANITY_ROWS = (("fraction_points_in_wm", "points in WM"), ("wm_coverage", "WM co
                ("fraction_loop", "looping streamlines"), ("n_flagged", "flagged streamlines"))
 
 
-# DOIs of REFERENCES (shown in the report's reference list)
-REFERENCE_DOIS = {"csd": "10.1016/j.neuroimage.2007.02.016", "dipy": "10.3389/fninf.2014.00008",
+# DOIs of REFERENCES (linked in the report's reference list; arXiv's DataCite DOI for GenTract)
+REFERENCE_DOIS = {"gentract": "10.48550/arXiv.2511.13183",
+                  "csd": "10.1016/j.neuroimage.2007.02.016", "dipy": "10.3389/fninf.2014.00008",
                   "mrtrix": "10.1016/j.neuroimage.2019.116137",
                   "nipype": "10.3389/fninf.2011.00013", "pybids": "10.21105/joss.01294",
                   "tractometer": "10.1016/j.media.2013.03.009",
                   "tractometer2": "10.1038/s41598-023-28560-w",
                   "recobundles": "10.1016/j.neuroimage.2017.07.015"}
+
+
+def references(keys) -> list[dict]:
+    """``[{"text", "doi"}, ...]`` of the cited reference keys, in citation order."""
+    return [{"text": REFERENCES[k], "doi": REFERENCE_DOIS.get(k)} for k in keys]
 
 
 def shipped_model_name(sidecar: dict) -> str | None:
@@ -371,9 +319,9 @@ def shipped_model_name(sidecar: dict) -> str | None:
     return None
 
 
-def _gentract_rows(side: dict) -> tuple[list, str]:
-    """Sampling rows (drawn, kept, support-filter acceptance) and the note on a shipped model's
-    training data."""
+def _gentract_rows(side: dict) -> tuple[list, str | None]:
+    """Sampling rows (drawn, kept, support-filter acceptance) and the shipped model's name
+    (the report then says it was trained on phantoms only; None for a user's checkpoint)."""
     rows = []
     if side.get("NumberSampled") is not None:
         rows.append(("streamlines drawn / kept", f"{side['NumberSampled']} / "
@@ -381,29 +329,12 @@ def _gentract_rows(side: dict) -> tuple[list, str]:
     accept = (side.get("SupportFilter") or {}).get("AcceptanceRate")
     if accept is not None:
         rows.append(("support filter acceptance", fmt(accept)))
-    shipped = shipped_model_name(side)
-    note = ("" if shipped is None else
-            f'<p class="note">The model ({esc(shipped)}, shipped with gentract) was trained on '
-            "synthetic phantoms only (gentract-phantom cohorts), never on real data: on real "
-            "data its streamlines are not validated.</p>")
-    return rows, note
+    return rows, shipped_model_name(side)
 
 
-def _tracker_html(output_dir, series: dict, t: dict) -> str:
+def _tracker_view(output_dir, series: dict, t: dict) -> dict:
     m, side, met = t["model"], t["sidecar"], t["metrics"]
-    anchor = f"{series['prefix']}-{m}"
-    out = [f'<section class="tracker" id="tracker-{esc(anchor)}">'
-           f"<h3>Tractography: {esc(TRACKER_NAMES.get(m, m))} (model-{esc(m)})</h3>"]
-    desc = side.get("Description") or side.get("Algorithm")
-    if desc:
-        out.append(f"<p>{esc(desc)}</p>")
     fig = figure_path(output_dir, series["entities"], "directions", m, "streamlines")
-    if fig.exists():
-        out.append("<h4>Tractogram (segments coloured by direction: red left-right, green "
-                   "anterior-posterior, blue inferior-superior)</h4>"
-                   + img_tag(output_dir, fig, f"{m} tractogram"))
-    mode = met.get("mode", "none")
-    out.append(f'<h4>Evaluation summary <span class="note">(mode: {esc(mode)})</span></h4>')
     rows = [(label, fmt(met.get(k))) for k, label in METRIC_ROWS if met.get(k) is not None]
     if met.get("valid_bundles") is not None and met.get("n_bundles"):
         rows.insert(2, ("bundles found / total", f"{met['valid_bundles']} / {met['n_bundles']}"))
@@ -415,65 +346,68 @@ def _tracker_html(output_dir, series: dict, t: dict) -> str:
         rows.append(("length mean / median (mm)",
                      f"{fmt(length.get('mean'), 1)} / {fmt(length.get('median'), 1)}"))
     rows += [(label, fmt(sanity.get(k))) for k, label in SANITY_ROWS if k in sanity]
-    note = ""
+    shipped = None
     if m == "gentract":
-        extra, note = _gentract_rows(side)
+        extra, shipped = _gentract_rows(side)
         rows += extra
-    out.append(note + kv_table(rows, "metrics"))
-    if t["bundles"]:
-        out.append("<h4>Bundles</h4>" + _bundles_html(t["bundles"], m))
+    figures = []
     for desc_, suffix, what in (("f1", "bundlestats", "Per-bundle F1"),
                                 ("bundles", "bundles", "Valid streamlines by bundle")):
-        fig = figure_path(output_dir, series["entities"], desc_, m, suffix)
-        if fig.exists():
-            out.append(f"<h4>{what}</h4>" + img_tag(output_dir, fig, f"{m} {what}"))
+        f = figure_path(output_dir, series["entities"], desc_, m, suffix)
+        if f.exists():
+            figures.append((what, rel(output_dir, f)))
     timings = dict(side.get("Timings", {}))
-    for k, v in (side.get("Evaluation", {}).get("Timings") or {}).items():
-        timings[k] = v
-    if timings:
-        out.append("<h4>Timings (s)</h4>"
-                   + kv_table([(k, fmt(v, 2)) for k, v in timings.items()], "timings"))
-    out.append("</section>")
-    return "".join(out)
+    timings.update(side.get("Evaluation", {}).get("Timings") or {})
+    return {"model": m, "anchor": f"{series['prefix']}-{m}", "name": TRACKER_NAMES.get(m, m),
+            "description": side.get("Description") or side.get("Algorithm"),
+            "directions_figure": rel(output_dir, fig) if fig.exists() else None,
+            "mode": met.get("mode", "none"), "metric_rows": rows, "shipped_model": shipped,
+            "bundles": bundle_table(t["bundles"], m) if t["bundles"] else None,
+            "figures": figures, "timings": [(k, fmt(v, 2)) for k, v in timings.items()]}
 
 
 def _found(row: dict) -> bool:
     return str(row.get("found", "true")).lower() == "true"
 
 
-def _bundles_html(rows: list[dict], model: str) -> str:
+def bundle_table(rows: list[dict], model: str) -> dict:
     """The per-bundle table; with many bundles, a per-family summary first and the full table
-    sorted by family (left/right pairs together) in a folded section."""
+    sorted by family (left/right pairs together), folded (``macros.html.j2``: ``bundles``)."""
     cols = [c for c in rows[0] if c != "bundle"]
     many = len(rows) > MANY_BUNDLES
     if many:
         rows = sorted(rows, key=lambda r: sort_key(r["bundle"]))
-    trs = [([esc(bundle_group(r["bundle"]))] if many else []) + [esc(r["bundle"])]
-           + [fmt(r[c]) for c in cols] for r in rows]
-    attrs = [f' data-bundle="{esc(r["bundle"])}"' + ("" if _found(r) else ' class="notfound"')
-             for r in rows]
-    table = grid_table((["family"] if many else []) + ["bundle", *cols], trs, row_attrs=attrs,
-                       cls=f"bundles model-{esc(model)}")
-    if not many:
-        return table
-    by_name = {r["bundle"]: r for r in rows}
-    summary = []
-    for family, names in grouped(by_name):
-        f1 = [float(by_name[n]["f1"]) for n in names if by_name[n].get("f1") not in (None, "")]
-        summary.append([esc(family), f"{sum(_found(by_name[n]) for n in names)} / {len(names)}",
-                        fmt(float(np.mean(f1)) if f1 else None)])
-    missing = [n for n, r in by_name.items() if not _found(r)]
-    return (grid_table(["family", "bundles found", "mean F1"], summary, cls="families")
-            + (f'<p class="note">not found: {esc(", ".join(missing))}</p>' if missing else "")
-            + f"<details><summary>all {len(rows)} bundles, by family</summary>{table}</details>")
+    out = {"many": many, "cls": f"bundles model-{model}",
+           "header": (["family"] if many else []) + ["bundle", *cols],
+           "rows": [([bundle_group(r["bundle"])] if many else []) + [r["bundle"]]
+                    + [fmt(r[c]) for c in cols] for r in rows],
+           "attrs": [{"data-bundle": r["bundle"], "class": None if _found(r) else "notfound"}
+                     for r in rows]}
+    if many:
+        by_name = {r["bundle"]: r for r in rows}
+        out["summary"] = []
+        for family, names in grouped(by_name):
+            f1 = [float(by_name[n]["f1"]) for n in names
+                  if by_name[n].get("f1") not in (None, "")]
+            out["summary"].append([family,
+                                   f"{sum(_found(by_name[n]) for n in names)} / {len(names)}",
+                                   fmt(float(np.mean(f1)) if f1 else None)])
+        out["missing"] = [n for n, r in by_name.items() if not _found(r)]
+    return out
+
+
+def _bundles_html(rows: list[dict], model: str) -> str:
+    """The bundle table's HTML on its own (the template's ``bundles`` macro)."""
+    from .html import macro
+
+    return str(macro("bundles")(bundle_table(rows, model)))
 
 
 def _provenance_rows(fod_meta: dict, trackers: list[dict]) -> list:
-    rows = [("software", esc(f"{fod_meta.get('Software', 'gentract')} "
-                             f"{fod_meta.get('Version', '')}")),
-            ("container", esc(fod_meta.get("Container") or "none")),
-            ("device", esc(fod_meta.get("Device"))),
-            ("random seed", esc(fod_meta.get("RandomSeed")))]
+    rows = [("software", f"{fod_meta.get('Software', 'gentract')} {fod_meta.get('Version', '')}"),
+            ("container", fod_meta.get("Container") or "none"),
+            ("device", str(fod_meta.get("Device"))),
+            ("random seed", str(fod_meta.get("RandomSeed")))]
     for t in trackers:
         s, m = t["sidecar"], t["model"]
         bits = [f"seed {s.get('RandomSeed')}", f"device {s.get('Device')}"]
@@ -488,15 +422,16 @@ def _provenance_rows(fod_meta: dict, trackers: list[dict]) -> list:
                 bits.append(f"{label} {s[key]}")
         if s.get("Deterministic") is not None:
             bits.append("deterministic" if s["Deterministic"] else "not bit-reproducible")
-        rows.append((f"model-{m}", esc("; ".join(bits))))
+        rows.append((f"model-{m}", "; ".join(bits)))
         if s.get("Commands"):
             cmds = [c if isinstance(c, str) else " ".join(map(str, c)) for c in s["Commands"]]
-            rows.append((f"model-{m} commands", "<pre>" + esc("\n".join(cmds)) + "</pre>"))
+            rows.append((f"model-{m} commands", {"pre": "\n".join(cmds)}))
     return rows
 
 
 def methods_paragraph(series_list: list[dict]) -> tuple[str, list[str]]:
-    """Boiler-plate methods text for what ran, and the reference keys it cites (in order)."""
+    """Boiler-plate methods text (plain, unescaped) for what ran, and the reference keys it
+    cites (in order)."""
     cites: list[str] = []
 
     def cite(*keys):
@@ -510,12 +445,12 @@ def methods_paragraph(series_list: list[dict]) -> tuple[str, list[str]]:
     p = fod_parameters(fod)
     shells = ", ".join(f"{s:g}" for s in p.get("shells_used") or [])
     text = [f"Results included in this report were generated by gentract "
-            f"{esc(fod.get('Version', ''))}, a BIDS-App built on nipype {cite('nipype')} and "
+            f"{fod.get('Version', '')}, a BIDS-App built on nipype {cite('nipype')} and "
             f"pybids {cite('pybids')}. Fibre orientation distributions were estimated per voxel "
             f"with {'single-shell' if p.get('method') == 'ssst' else 'multi-shell multi-tissue'}"
             f" constrained spherical deconvolution {cite('csd')} as implemented in dipy "
-            f"{cite('dipy')} (spherical-harmonic order {esc(p.get('sh_order'))}, "
-            f"b = {esc(shells)} s/mm², response from high-FA voxels of the brain mask)."]
+            f"{cite('dipy')} (spherical-harmonic order {p.get('sh_order')}, "
+            f"b = {shells} s/mm², response from high-FA voxels of the brain mask)."]
     models = sorted({t["model"] for s in series_list for t in s["trackers"]})
     for m in models:
         if m == "gentract":
@@ -527,16 +462,16 @@ def methods_paragraph(series_list: list[dict]) -> tuple[str, list[str]]:
             if f:
                 text.append("Sampled streamlines were kept only where the subject's fODF "
                             "supports them (fODF amplitude along the streamline at least "
-                            f"{esc(f['Threshold'])} times its 99th-percentile peak; unsupported "
+                            f"{f['Threshold']} times its 99th-percentile peak; unsupported "
                             "ends trimmed, ends extended along the fODF, streamlines with an "
                             "unsupported gap rejected; a gentract addition, not part of the "
                             "published method).")
         elif m in MRTRIX_MODELS:
             text.append(f"Baseline tractograms were computed with MRtrix3 {cite('mrtrix')} "
-                        f"({esc(TRACKER_NAMES[m])}).")
+                        f"({TRACKER_NAMES[m]}).")
         elif m.startswith("dipy"):
             text.append(f"Baseline tractograms were computed with dipy's local tracking "
-                        f"{cite('dipy')} ({esc(TRACKER_NAMES.get(m, m))}, CMC stopping).")
+                        f"{cite('dipy')} ({TRACKER_NAMES.get(m, m)}, CMC stopping).")
     modes = {t["metrics"].get("mode") for s in series_list for t in s["trackers"]}
     if "groundtruth" in modes:
         text.append("Tractograms were scored against the known ground truth with "
@@ -561,6 +496,7 @@ def write_subject_report(output_dir, subject, *, config: dict | None = None,
     import tomli_w
 
     from ..errors import NoInputError
+    from .html import render, write_html
 
     output_dir = Path(output_dir)
     subject = str(subject).removeprefix("sub-")
@@ -568,98 +504,36 @@ def write_subject_report(output_dir, subject, *, config: dict | None = None,
     if not series_list:
         raise NoInputError(f"no participant-level outputs for sub-{subject} in {output_dir} "
                            f"(expected sub-{subject}/[ses-*/]dwi/{FOD_GLOB})")
+    views, summary = [], []
     for s in series_list:
         s["fod_meta"] = json.loads(s["fod"].read_text())
         s["trackers"] = [tracker_summary(s, m) for m in find_models(s)]
-        s["inputs"] = input_summary(output_dir, s)
-        s["fod_figure"] = make_fod_figure(output_dir, s)
-        s["registration"] = find_registration(output_dir, s)
-
-    nav = ['<a href="#summary">Summary</a>', '<a href="#inputs">Inputs</a>',
-           '<a href="#fodf">fODF</a>', '<a href="#registration">Registration</a>',
-           '<a href="#tractography">Tractography</a>',
-           '<a href="#provenance">Provenance</a>', '<a href="#methods">Methods</a>']
-    body = [f"<h1>gentract report: sub-{esc(subject)}</h1><nav>{''.join(nav)}</nav>"]
-
-    # summary: one row per series x tracker
-    rows = []
-    for s in series_list:
-        for t in s["trackers"]:
+        reg = find_registration(output_dir, s)
+        csd = s["fod_meta"].get("Timings", {}).get("CSDSeconds")
+        views.append({"prefix": s["prefix"],
+                      "input_rows": _input_rows(input_summary(output_dir, s)),
+                      "fod_figure": rel(output_dir, make_fod_figure(output_dir, s)),
+                      "csd_seconds": fmt(csd, 1) if csd else None,
+                      "registration": _registration_view(output_dir, reg) if reg else None,
+                      "trackers": [_tracker_view(output_dir, s, t) for t in s["trackers"]],
+                      "provenance": _provenance_rows(s["fod_meta"], s["trackers"])})
+        for t in s["trackers"]:  # summary: one row per series x tracker
             met = t["metrics"]
             found = (f"{met['valid_bundles']} / {met['n_bundles']}"
                      if met.get("n_bundles") else "–")
-            rows.append([esc(s["prefix"]), f'<a href="#tracker-{esc(s["prefix"])}-'
-                         f'{esc(t["model"])}">{esc(t["model"])}</a>',
-                         esc(met.get("mode", "none")), fmt(t["n_streamlines"]),
-                         fmt(met.get("precision")), found, fmt(met.get("mean_f1")),
-                         fmt(t["streamlines_per_second"], 1)])
-    models = sorted({t["model"] for s in series_list for t in s["trackers"]})
-    body.append('<section id="summary"><h2>Summary</h2>'
-                f"<p>{len(series_list)} DWI series; trackers: "
-                f"{esc(', '.join(models) or 'none (fODF only)')}.</p>")
-    if rows:
-        body.append(grid_table(["series", "tracker", "evaluation", "streamlines", "precision",
-                                "bundles found", "mean F1", "streamlines/s"], rows,
-                               cls="summary"))
-    body.append("</section>")
-
-    body.append('<section id="inputs"><h2>Inputs</h2>')
-    for s in series_list:
-        body.append(f"<h3>{esc(s['prefix'])}</h3>" + _inputs_html(s["inputs"]))
-    body.append("</section>")
-
-    body.append('<section id="fodf"><h2>fODF</h2><p class="note">Central slices through the '
-                "brain mask; colour = direction of the fODF maximum (red left-right, green "
-                "anterior-posterior, blue inferior-superior), brightness = its amplitude; "
-                "white lines: the in-plane peak direction.</p>")
-    for s in series_list:
-        t = s["fod_meta"].get("Timings", {})
-        body.append(f"<h3>{esc(s['prefix'])}</h3>"
-                    + img_tag(output_dir, s["fod_figure"], "fODF peak directions")
-                    + (f'<p class="note">CSD: {fmt(t.get("CSDSeconds"), 1)} s</p>'
-                       if t.get("CSDSeconds") else ""))
-    body.append("</section>")
-
-    body.append('<section id="registration"><h2>Registration to the model\'s space</h2>'
-                '<p class="note">The subject\'s FA with the edges of the model\'s template mapped '
-                "into the subject through the estimated affine (cyan: the template's brain "
-                "outline; yellow: its FA 0.25 contour, the major tracts). GenTract samples in "
-                "the template's space; its streamlines are mapped back through this transform."
-                "</p>")
-    for s in series_list:
-        reg = s["registration"]
-        body.append(f"<h3>{esc(s['prefix'])}</h3>"
-                    + (_registration_html(output_dir, reg) if reg else
-                       "<p>not registered (no GenTract run, or --registration none).</p>"))
-    body.append("</section>")
-
-    body.append('<section id="tractography"><h2>Tractography</h2>')
-    for s in series_list:
-        if not s["trackers"]:
-            body.append(f"<p>{esc(s['prefix'])}: no tractogram (fODF stage only).</p>")
-        for t in s["trackers"]:
-            body.append(_tracker_html(output_dir, s, t))
-    body.append("</section>")
-
-    body.append('<section id="provenance"><h2>Provenance</h2>')
-    for s in series_list:
-        body.append(f"<h3>{esc(s['prefix'])}</h3>"
-                    + kv_table(_provenance_rows(s["fod_meta"], s["trackers"])))
-    if command:
-        body.append(f"<h3>Command line</h3><pre>{esc(command)}</pre>")
-    if config:
-        body.append("<details><summary>Configuration</summary><pre>"
-                    + esc(tomli_w.dumps(config)) + "</pre></details>")
-    body.append("</section>")
-
+            summary.append([s["prefix"], {"href": f"#tracker-{s['prefix']}-{t['model']}",
+                                          "text": t["model"]},
+                            met.get("mode", "none"), fmt(t["n_streamlines"]),
+                            fmt(met.get("precision")), found, fmt(met.get("mean_f1")),
+                            fmt(t["streamlines_per_second"], 1)])
     text, cites = methods_paragraph(series_list)
-    # DOIs as text: the report links nothing outside itself
-    refs = "".join(f"<li>{esc(REFERENCES[k])}"
-                   + (f" doi:{esc(REFERENCE_DOIS[k])}" if k in REFERENCE_DOIS else "") + "</li>"
-                   for k in cites)
-    body.append(f'<section id="methods"><h2>Methods</h2><p>{text}</p>'
-                f'<h3>References</h3><ol class="refs">{refs}</ol></section>')
-
-    path = output_dir / f"sub-{subject}.html"
-    path.write_text(page(f"gentract: sub-{subject}", "\n".join(body)), encoding="utf-8")
-    return path
+    html = render(
+        "subject.html.j2", title=f"gentract: sub-{subject}", subject=subject, series=views,
+        nav=[("summary", "Summary"), ("inputs", "Inputs"), ("fodf", "fODF"),
+             ("registration", "Registration"), ("tractography", "Tractography"),
+             ("provenance", "Provenance"), ("methods", "Methods")],
+        models=sorted({t["model"] for s in series_list for t in s["trackers"]}),
+        summary_rows=summary, command=command,
+        config_toml=tomli_w.dumps(config) if config else None,
+        methods=text, references=references(cites))
+    return write_html(output_dir / f"sub-{subject}.html", html)

@@ -60,3 +60,19 @@ def plot_losses(run_dir) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def write_training_report(run_dir, summary: dict) -> Path:
+    """``report.html`` in ``run_dir``: the run's summary (checkpoint and the scalar results),
+    its timings and ``losses.png`` (from the shared templates, like the BIDS-App's reports)."""
+    from .html import fmt, render, write_html
+
+    run_dir = Path(run_dir)
+    scalars = [(k, fmt(v, 4) if not isinstance(v, str) else v) for k, v in summary.items()
+               if k != "timings" and (v is None or isinstance(v, (str, int, float)))]
+    timings = [(k, fmt(v, 1)) for k, v in (summary.get("timings") or {}).items()]
+    losses = run_dir / "losses.png"
+    html = render("training.html.j2", title=f"gentract-train: {run_dir.name}",
+                  run_name=run_dir.name, summary_rows=scalars, timing_rows=timings,
+                  losses=losses.name if losses.exists() else None)
+    return write_html(run_dir / "report.html", html)
