@@ -107,11 +107,13 @@ class EvaluateTractogram(SimpleInterface):
         self._results.update(bundle_files=files, bundle_labels=labels, bundle_names=names)
         figs, descs = [], []
         title = i.title or None
+        outline = {"mask": mask, "affine": affine}  # the brain outline under the streamlines
         figs.append(str(figures.plot_tractogram_directions(
-            streamlines, cwd / "directions.png", title=title)))
+            streamlines, cwd / "directions.png", title=title, **outline)))
         descs.append("directions")
         if ev.bundles:
-            figs.append(str(figures.plot_bundles(ev.bundles, cwd / "bundles.png", title=title)))
+            figs.append(str(figures.plot_bundles(ev.bundles, cwd / "bundles.png", title=title,
+                                                 **outline)))
             descs.append("bundles")
         if ev.summary.get("bundles"):
             figs.append(str(figures.plot_f1_bars(ev.summary, cwd / "f1.png", title=title)))

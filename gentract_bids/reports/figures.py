@@ -40,6 +40,62 @@ def bundle_colours(n: int) -> list:
     return [(*pal[k % len(pal)][:3], 1.0) for k in range(n)]
 
 
+# CIE L*a*b* (D65) <-> sRGB, for colours chosen by lightness and hue
+_XYZ_TO_RGB = np.array([[3.2406, -1.5372, -0.4986], [-0.9689, 1.8758, 0.0415],
+                        [0.0557, -0.2040, 1.0570]])
+_WHITE = np.array([0.95047, 1.0, 1.08883])
+
+
+def lab_to_rgb(lab) -> np.ndarray:
+    """sRGB in [0, 1] (unclipped) of CIE L*a*b* colours (..., 3)."""
+    lab = np.asarray(lab, float)
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
+    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE
+    lin = xyz @ _XYZ_TO_RGB.T
+    return np.where(lin <= 0.0031308, 12.92 * lin,
+                    1.055 * np.abs(lin) ** (1 / 2.4) * np.sign(lin) - 0.055)
+
+
+def rgb_to_lab(rgb) -> np.ndarray:
+    """CIE L*a*b* of sRGB colours (..., 3) in [0, 1]."""
+    rgb = np.asarray(rgb, float)[..., :3]
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    t = lin @ np.linalg.inv(_XYZ_TO_RGB).T / _WHITE
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+# (L*, chroma) per side: left dark and saturated, right light, midline between
+SIDE_LIGHTNESS = {"left": (50.0, 62.0), "right": (80.0, 38.0), "": (65.0, 55.0)}
+
+
+def _lch(lightness: float, chroma: float, hue_deg: float) -> tuple:
+    """An sRGB colour of that lightness and hue, chroma lowered until it is in gamut."""
+    h = np.deg2rad(hue_deg)
+    for c in np.linspace(chroma, 0, 25):
+        rgb = lab_to_rgb([lightness, c * np.cos(h), c * np.sin(h)])
+        if np.all((rgb >= 0) & (rgb <= 1)):
+            break
+    return (*np.clip(rgb, 0, 1).tolist(), 1.0)
+
+
+def paired_colours(names) -> dict:
+    """RGBA per bundle name: one hue per bundle base name (``AF`` of ``AF_left``), evenly spaced
+    around the CIE L*C*h circle in the order given, with ``_left`` dark and saturated, ``_right``
+    light (:data:`SIDE_LIGHTNESS`), so that a pair differs by about 30 L* units and
+    neighbouring hues by at least a few."""
+    names = list(names)
+    bases = list(dict.fromkeys(split_side(n)[0] for n in names))
+    hues = {b: 30.0 + 360.0 * k / max(len(bases), 1) for k, b in enumerate(bases)}
+    out = {}
+    for n in names:
+        base, side = split_side(n)
+        out[n] = _lch(*SIDE_LIGHTNESS[side], hues[base])
+    return out
+
+
 def _figure(size) -> Figure:
     fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
@@ -96,53 +152,120 @@ def _all_points(groups) -> np.ndarray:
     return np.concatenate(pts, axis=0) if pts else np.zeros((0, 3))
 
 
-def plot_bundles(streamlines_by_bundle: dict, path, *, views=("axial", "coronal", "sagittal"),
-                 max_streamlines: int | None = 200, linewidth: float = 0.7, alpha: float = 0.7,
-                 title: str | None = None, dpi: int = 110) -> Path:
-    """PNG with one panel per view; each bundle's streamlines (at most ``max_streamlines`` per
-    bundle, random subset, each decimated to <= 32 points) drawn as polylines in the bundle's
-    colour, with a legend. Returns ``path``."""
-    path = Path(path)
-    names = [b for b, sl in streamlines_by_bundle.items() if len(sl)]
-    groups = {b: _subsample(streamlines_by_bundle[b], max_streamlines, seed=k)
-              for k, b in enumerate(names)}
-    many = len(names) > MANY_BUNDLES
-    if many:  # one colour per family: 72 colours cannot be told apart
-        families = [f for f, _ in grouped(names)]
-        fam_col = dict(zip(families, bundle_colours(len(families))))
-        colours = {b: fam_col[bundle_group(b)] for b in names}
-    else:
-        colours = dict(zip(names, bundle_colours(len(names))))
-    pts = _all_points(groups.values())
-    fig = _figure((4.2 * len(views) + 2.2, 4.6))
-    axes = fig.subplots(1, len(views), squeeze=False)
-    for ax, view in zip(axes[0], views):
+OUTLINE_COLOUR = (0.62, 0.62, 0.62)  # the brain mask's outline under the streamlines
+OUTLINE_FILL = (0.13, 0.13, 0.13)
+
+
+def brain_outlines(mask, affine, views=tuple(VIEWS)) -> dict:
+    """The brain mask's silhouette in each view: ``{view: (xs, ys, inside)}``, ``inside`` (H, W)
+    True where some mask voxel projects (world RAS+ mm, on a grid of the smallest voxel size,
+    ``xs``/``ys`` its column and row centres), for :func:`draw_outline`."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask) > 0
+    affine = np.asarray(affine, float)
+    pts = np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
+    step = float(np.linalg.norm(affine[:3, :3], axis=0).min())
+    out = {}
+    for view in views:
         i, j, _ = VIEWS[view]
-        for b in names:
-            lc = LineCollection([s[:, [i, j]] for s in groups[b]], colors=[colours[b]],
-                                linewidths=linewidth, alpha=alpha)
-            ax.add_collection(lc)
-        _finish_axes(ax, view, pts)
-    labels = [f"{f} ({len(n)})" for f, n in grouped(names)] if many else names
-    handles = ([Line2D([], [], color=fam_col[f], lw=2) for f, _ in grouped(names)] if many
-               else [Line2D([], [], color=colours[b], lw=2) for b in names])
-    if handles:  # beside the last panel (follows it when the equal aspect shrinks the panel)
-        axes[0][-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5),
-                           fontsize=7, frameon=False, ncol=1 if len(names) <= 24 else 2)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi, facecolor="white")
+        if not len(pts):
+            continue
+        lo = pts[:, [i, j]].min(0) - 2 * step
+        n = np.ceil((pts[:, [i, j]].max(0) + 2 * step - lo) / step).astype(int) + 1
+        ij = np.rint((pts[:, [i, j]] - lo) / step).astype(int)
+        inside = np.zeros((n[1], n[0]), bool)
+        inside[ij[:, 1], ij[:, 0]] = True
+        inside = ndimage.binary_fill_holes(ndimage.binary_closing(inside, iterations=2))
+        out[view] = (lo[0] + step * np.arange(n[0]), lo[1] + step * np.arange(n[1]), inside)
+    return out
+
+
+def draw_outline(ax, outline) -> object:
+    """A faint silhouette and the outline (``brain_outlines`` entry) under a panel's lines;
+    returns the contour set."""
+    from scipy import ndimage
+
+    xs, ys, inside = outline
+    smooth = ndimage.gaussian_filter(inside.astype(float), 1.0)  # no voxel staircase
+    ax.contourf(xs, ys, smooth, levels=[0.5, 2.0], colors=[OUTLINE_FILL], zorder=0)
+    return ax.contour(xs, ys, smooth, levels=[0.5], colors=[OUTLINE_COLOUR], linewidths=0.8,
+                      zorder=1)
+
+
+def _outline_points(outlines: dict) -> np.ndarray:
+    """World points spanning the outlines (so that the axis limits include the whole brain)."""
+    if not outlines:
+        return np.zeros((0, 3))
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for view, (xs, ys, _) in outlines.items():
+        i, j, _ = VIEWS[view]
+        lo[[i, j]] = np.minimum(lo[[i, j]], [xs[0], ys[0]])
+        hi[[i, j]] = np.maximum(hi[[i, j]], [xs[-1], ys[-1]])
+    return np.stack([np.where(np.isfinite(lo), lo, 0), np.where(np.isfinite(hi), hi, 0)])
+
+
+def plot_bundles(streamlines_by_bundle: dict, path, *, dpi: int = 110, **kwargs) -> Path:
+    """:func:`bundles_figure` as a PNG at ``path``; returns ``path``."""
+    path = Path(path)
+    bundles_figure(streamlines_by_bundle, **kwargs).savefig(path, dpi=dpi, facecolor="white")
     return path
 
 
-def plot_tractogram_directions(streamlines, path, *, views=("axial", "coronal", "sagittal"),
-                               max_streamlines: int | None = 3000, linewidth: float = 0.3,
-                               alpha: float = 0.7, title: str | None = None,
-                               dpi: int = 110) -> Path:
-    """PNG with one panel per view, each segment coloured by its direction (RGB = |dx|, |dy|, |dz|
-    of the unit step: red left-right, green anterior-posterior, blue inferior-superior)."""
+def bundles_figure(streamlines_by_bundle: dict, *, views=("axial", "coronal", "sagittal"),
+                   max_streamlines: int | None = 200, linewidth: float = 0.7, alpha: float = 0.7,
+                   mask=None, affine=None, title: str | None = None) -> Figure:
+    """One panel per view; each bundle's streamlines (at most ``max_streamlines`` per
+    bundle, random subset, each decimated to <= 32 points) drawn as polylines in the bundle's
+    colour (:func:`paired_colours`: a hue per left/right pair, left dark, right light), with a
+    legend naming every bundle, over the brain mask's outline when ``mask`` and ``affine`` are
+    given. With many bundles (> :data:`~.bundles.MANY_BUNDLES`) one row per family, each with
+    its own colours and legend."""
+    names = [b for b, sl in streamlines_by_bundle.items() if len(sl)]
+    groups = {b: _subsample(streamlines_by_bundle[b], max_streamlines, seed=k)
+              for k, b in enumerate(names)}
+    rows = grouped(names) if len(names) > MANY_BUNDLES else [(None, names)]
+    outlines = brain_outlines(mask, affine, views) if mask is not None else {}
+    pts = np.concatenate([_all_points(groups.values()), _outline_points(outlines)])
+    fig = _figure((4.2 * len(views) + (4.4 if len(rows) > 1 else 2.2), 4.6 * len(rows)))
+    axes = fig.subplots(len(rows), len(views), squeeze=False)
+    for r, (family, members) in enumerate(rows):
+        colours = paired_colours(members)
+        for ax, view in zip(axes[r], views):
+            i, j, _ = VIEWS[view]
+            if view in outlines:
+                draw_outline(ax, outlines[view])
+            for b in members:
+                ax.add_collection(LineCollection([s[:, [i, j]] for s in groups[b]],
+                                                 colors=[colours[b]], linewidths=linewidth,
+                                                 alpha=alpha, zorder=2))
+            _finish_axes(ax, view, pts)
+            if family is not None:
+                ax.set_title(f"{family}: {view}")
+        handles = [Line2D([], [], color=colours[b], lw=2) for b in members]
+        if handles:  # beside the last panel (follows it when the equal aspect shrinks it)
+            axes[r][-1].legend(handles, members, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                               fontsize=7, frameon=False, ncol=1 if len(members) <= 20 else 2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tractogram_directions(streamlines, path, *, dpi: int = 110, **kwargs) -> Path:
+    """:func:`directions_figure` as a PNG at ``path``; returns ``path``."""
     path = Path(path)
+    directions_figure(streamlines, **kwargs).savefig(path, dpi=dpi, facecolor="white")
+    return path
+
+
+def directions_figure(streamlines, *, views=("axial", "coronal", "sagittal"),
+                      max_streamlines: int | None = 3000, linewidth: float = 0.3,
+                      alpha: float = 0.7, mask=None, affine=None,
+                      title: str | None = None) -> Figure:
+    """One panel per view, each segment coloured by its direction (RGB = |dx|, |dy|, |dz|
+    of the unit step: red left-right, green anterior-posterior, blue inferior-superior), over
+    the brain mask's outline when ``mask`` and ``affine`` are given."""
     sl = _subsample(streamlines, max_streamlines)
     if sl:
         d = np.concatenate([np.diff(s, axis=0) for s in sl], axis=0)
@@ -151,18 +274,21 @@ def plot_tractogram_directions(streamlines, path, *, views=("axial", "coronal", 
         rgba = np.c_[rgb, np.full(len(rgb), alpha)]
     else:
         rgba = np.zeros((0, 4))
-    pts = _all_points([sl])
+    outlines = brain_outlines(mask, affine, views) if mask is not None else {}
+    pts = np.concatenate([_all_points([sl]), _outline_points(outlines)])
     fig = _figure((4.2 * len(views), 4.6))
     axes = fig.subplots(1, len(views), squeeze=False)
     for ax, view in zip(axes[0], views):
         i, j, _ = VIEWS[view]
-        ax.add_collection(LineCollection(_segments(sl, i, j), colors=rgba, linewidths=linewidth))
+        if view in outlines:
+            draw_outline(ax, outlines[view])
+        ax.add_collection(LineCollection(_segments(sl, i, j), colors=rgba, linewidths=linewidth,
+                                         zorder=2))
         _finish_axes(ax, view, pts)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi, facecolor="white")
-    return path
+    return fig
 
 
 def plot_f1_bars(summary: dict, path, *, key: str = "f1", title: str | None = None,
