@@ -40,3 +40,28 @@ def test_long_lines_wrap_and_references_have_dois():
     html = render("references.html.j2", methods="m", references=references(REFERENCES))
     for doi in REFERENCE_DOIS.values():
         assert f'<a href="https://doi.org/{doi}">doi:{doi}</a>' in html
+
+
+def test_report_and_boilerplate_give_the_same_dois():
+    from gentract_bids.cli.boilerplate import REFS
+
+    shared = set(REFS) & set(REFERENCE_DOIS)
+    assert {"gentract", "csd", "dipy", "mrtrix", "sdstream", "sift"} <= shared
+    assert all(REFERENCE_DOIS[k] == REFS[k][4] for k in shared)
+
+
+def test_methods_cite_sd_stream_and_sift_when_they_ran():
+    from gentract_bids.reports.subject import methods_paragraph
+
+    def series(commands):
+        return [{"fod_meta": {"Version": "0.1.0", "Model": {"Parameters": {
+                    "method": "ssst", "sh_order": 6, "shells_used": [3000]}}},
+                 "trackers": [{"model": "sdstream", "sidecar": {"Commands": commands},
+                               "metrics": {"mode": "sanity"}}]}]
+
+    text, cites = methods_paragraph(series([["tckgen", "-algorithm", "SD_Stream"],
+                                            ["tcksift", "in.tck", "out.tck"]]))
+    assert cites == ["nipype", "pybids", "csd", "dipy", "mrtrix", "sdstream", "sift"]
+    assert "(MRtrix3 SD_Stream [6], filtered with SIFT [7])" in text
+    text, cites = methods_paragraph(series([["tckgen", "-algorithm", "SD_Stream"]]))
+    assert "sift" not in cites and "SIFT" not in text

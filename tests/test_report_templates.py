@@ -23,11 +23,12 @@ def test_values_are_escaped():
     assert "<th>a&lt;b</th>" in html and "skipped" not in html
     assert "<pre>tckgen &lt;in&gt; &amp; more</pre>" in html
     assert '<a href="x.html?a=1&amp;b=2">&lt;x&gt;</a>' in html
-    rows = str(macro("grid_table")(["h"], [["1"], ["2"]], cls="t",
+    rows = str(macro("grid_table")(["h", "n"], [["x", "1"], ["y", "–"]], cls="t",
                                    attrs=[{"data-bundle": "A&B", "class": None},
                                           {"data-bundle": "C", "class": "notfound"}]))
-    assert '<tr data-bundle="A&amp;B"><td>1</td></tr>' in rows
-    assert '<tr data-bundle="C" class="notfound"><td>2</td></tr>' in rows
+    assert '<th>h</th><th class="num">n</th>' in rows  # numbers right, text left
+    assert '<tr data-bundle="A&amp;B"><td>x</td><td class="num">1</td></tr>' in rows
+    assert '<tr data-bundle="C" class="notfound"><td>y</td><td class="num">–</td></tr>' in rows
 
 
 def test_training_report(tmp_path):

@@ -272,7 +272,8 @@ def test_many_bundles_grouped_by_family(tmp_path):
              "f1": 0.5 if n.startswith("CC") else 0.1} for n in names]
     html = subject._bundles_html(rows, "sdstream")
     assert html.index('class="families"') < html.index("<details>")
-    assert "<td>commissural</td><td>9 / 9</td><td>0.456</td>" in html  # CA 0.1, 8 CC* 0.5
+    # CA 0.1, 8 CC* 0.5; numbers right-aligned
+    assert '<td>commissural</td><td class="num">9 / 9</td><td class="num">0.456</td>' in html
     assert "not found: FX_left" in html
     png = figures.plot_f1_bars({"bundles": [dict(r, found=r["found"] == "true") for r in rows],
                                 "mean_f1": 0.2}, tmp_path / "f1.png")

@@ -10,7 +10,7 @@ from .. import __version__
 # key: (authors, title, venue, year, DOI or None)
 REFS = {
     "gentract": ("Sargood A, et al.", "GenTract: Generative Global Tractography", "CVPR", 2026,
-                 None),
+                 "10.48550/arXiv.2511.13183"),  # arXiv's DOI
     "csd": ("Tournier J-D, Calamante F, Connelly A.", "Robust determination of the fibre "
             "orientation distribution in diffusion MRI: non-negativity constrained super-resolved "
             "spherical deconvolution", "NeuroImage 35(4):1459-1472", 2007,

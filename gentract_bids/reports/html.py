@@ -7,6 +7,7 @@ passes plain values (strings, numbers, rows) and never builds markup itself.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,12 +29,28 @@ def fmt(value, digits: int = 3) -> str:
     return f"{f:.{digits}f}"
 
 
+NUMBER = re.compile(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?( / [-+]?\d+(\.\d+)?)?")
+MISSING = ("–", "n/a")
+
+
+def numeric_columns(rows, n: int) -> list[bool]:
+    """Which of ``n`` table columns hold numbers only (``12``, ``0.5``, ``3 / 22``; missing
+    values allowed): the templates align those right and text left."""
+    def number(c):
+        return isinstance(c, str) and NUMBER.fullmatch(c) is not None
+
+    return [bool(rows) and any(number(r[j]) for r in rows)
+            and all(number(r[j]) or r[j] in MISSING for r in rows) for j in range(n)]
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("gentract_bids", "data/templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
         lstrip_blocks=True, keep_trailing_newline=True)
+    env.globals["numeric_columns"] = numeric_columns
+    return env
 
 
 def render(template: str, **context) -> str:

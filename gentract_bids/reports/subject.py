@@ -43,6 +43,10 @@ REFERENCES = {
     "tractometer2": "Renauld E, et al. Validate your white matter tractography algorithms with a "
                     "reappraised ISMRM 2015 Tractography Challenge scoring system. Sci. Rep. "
                     "13:2347, 2023.",
+    "sdstream": "Tournier J-D, Calamante F, Connelly A. MRtrix: Diffusion tractography in "
+                "crossing fiber regions. Int. J. Imaging Syst. Technol. 22(1):53-66, 2012.",
+    "sift": "Smith RE, Tournier J-D, Calamante F, Connelly A. SIFT: Spherical-deconvolution "
+            "informed filtering of tractograms. NeuroImage 67:298-312, 2013.",
     "recobundles": "Garyfallidis E, et al. Recognition of white matter bundles using local and "
                    "global streamline-based registration and clustering. NeuroImage "
                    "170:283-295, 2018.",
@@ -300,6 +304,7 @@ REFERENCE_DOIS = {"gentract": "10.48550/arXiv.2511.13183",
                   "nipype": "10.3389/fninf.2011.00013", "pybids": "10.21105/joss.01294",
                   "tractometer": "10.1016/j.media.2013.03.009",
                   "tractometer2": "10.1038/s41598-023-28560-w",
+                  "sdstream": "10.1002/ima.22005", "sift": "10.1016/j.neuroimage.2012.11.049",
                   "recobundles": "10.1016/j.neuroimage.2017.07.015"}
 
 
@@ -429,6 +434,12 @@ def _provenance_rows(fod_meta: dict, trackers: list[dict]) -> list:
     return rows
 
 
+def _ran_sift(series_list: list[dict], model: str) -> bool:
+    """Whether a tracker's command lines include MRtrix3's ``tcksift``."""
+    return any("tcksift" in str(t["sidecar"].get("Commands", "")) for s in series_list
+               for t in s["trackers"] if t["model"] == model)
+
+
 def methods_paragraph(series_list: list[dict]) -> tuple[str, list[str]]:
     """Boiler-plate methods text (plain, unescaped) for what ran, and the reference keys it
     cites (in order)."""
@@ -468,7 +479,10 @@ def methods_paragraph(series_list: list[dict]) -> tuple[str, list[str]]:
                             "published method).")
         elif m in MRTRIX_MODELS:
             text.append(f"Baseline tractograms were computed with MRtrix3 {cite('mrtrix')} "
-                        f"({TRACKER_NAMES[m]}).")
+                        f"({TRACKER_NAMES[m]}"
+                        + (f" {cite('sdstream')}" if m == "sdstream" else "")
+                        + (f", filtered with SIFT {cite('sift')}" if _ran_sift(series_list, m)
+                           else "") + ").")
         elif m.startswith("dipy"):
             text.append(f"Baseline tractograms were computed with dipy's local tracking "
                         f"{cite('dipy')} ({TRACKER_NAMES.get(m, m)}, CMC stopping).")
