@@ -41,18 +41,21 @@ def test_training_report(tmp_path):
     plot_losses(tmp_path)
     summary = {"checkpoint": str(tmp_path / "checkpoint" / "gentract.safetensors"),
                "timings": {"vae_seconds": 12.34, "total_seconds": 56.0},
-               "final_val_loss": 0.123456, "vae": {"nested": 1}, "note": "a <b> c"}
+               "final_val_loss": 0.123456, "note": "a <b> c",
+               "vae": [{"coefficient": 0, "final_l1": 0.5}, {"coefficient": 1, "final_l1": 0.25}]}
     path = write_training_report(tmp_path, summary)
     html = path.read_text(encoding="utf-8")
     assert path == tmp_path / "report.html"
     assert '<img src="losses.png"' in html and (tmp_path / "losses.png").is_file()
     assert "<th>final_val_loss</th><td>0.1235</td>" in html
     assert "<th>total_seconds</th><td>56.0</td>" in html
-    assert "gentract.safetensors" in html and "nested" not in html
+    assert "gentract.safetensors" in html and "final_l1" not in html
+    assert "<th>VAE final L1, mean / max over 2 coefficients</th><td>0.3750 / 0.5000</td>" in html
     assert "a &lt;b&gt; c" in html
     assert html == render("training.html.j2", title=f"gentract-train: {tmp_path.name}",
                           run_name=tmp_path.name, summary_rows=[
                               ("checkpoint", summary["checkpoint"]),
-                              ("final_val_loss", "0.1235"), ("note", "a <b> c")],
+                              ("final_val_loss", "0.1235"), ("note", "a <b> c"),
+                              ("VAE final L1, mean / max over 2 coefficients", "0.3750 / 0.5000")],
                           timing_rows=[("vae_seconds", "12.3"), ("total_seconds", "56.0")],
                           losses="losses.png")

@@ -70,6 +70,11 @@ def write_training_report(run_dir, summary: dict) -> Path:
     run_dir = Path(run_dir)
     scalars = [(k, fmt(v, 4) if not isinstance(v, str) else v) for k, v in summary.items()
                if k != "timings" and (v is None or isinstance(v, (str, int, float)))]
+    l1 = [v["final_l1"] for v in summary.get("vae") or [] if isinstance(v, dict)
+          and v.get("final_l1") is not None]
+    if l1:
+        scalars.append((f"VAE final L1, mean / max over {len(l1)} coefficients",
+                        f"{fmt(float(np.mean(l1)), 4)} / {fmt(float(np.max(l1)), 4)}"))
     timings = [(k, fmt(v, 1)) for k, v in (summary.get("timings") or {}).items()]
     losses = run_dir / "losses.png"
     html = render("training.html.j2", title=f"gentract-train: {run_dir.name}",
