@@ -59,3 +59,16 @@ def test_training_report(tmp_path):
                               ("VAE final L1, mean / max over 2 coefficients", "0.3750 / 0.5000")],
                           timing_rows=[("vae_seconds", "12.3"), ("total_seconds", "56.0")],
                           losses="losses.png")
+
+
+def test_group_report_of_fodf_only_runs(tmp_path):
+    from gentract_bids.reports.group import write_group_report
+
+    (tmp_path / "sub-01.html").write_text("x")
+    rows = [{"file": f"sub-{s}/dwi/sub-{s}_space-dwi_model-csd_param-fod_dwimap.nii.gz",
+             "csd_method": "ssst", "version": "<0.1>"} for s in ("01", "02")]
+    html = write_group_report(tmp_path, rows, [], []).read_text(encoding="utf-8")
+    assert "2 participant(s): <a href=\"sub-01.html\">sub-01</a>, sub-02; 2 DWI series" in html
+    assert "No tractography results" in html and 'class="subjects"' not in html
+    assert '<table class="fodf">' in html and "&lt;0.1&gt;" in html
+    assert 'id="tables"' not in html and 'id="figures"' not in html
