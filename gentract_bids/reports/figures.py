@@ -5,6 +5,8 @@ backend switch, no display needed). Streamlines are RAS+ mm; each view is an ort
 projection: axial (x, y) seen from above, coronal (x, z) seen from the front, sagittal (y, z)
 seen from the right. Lines are drawn with one ``LineCollection`` per panel (and per bundle), and
 each streamline is decimated to at most 32 points, which keeps 10^5 segments to a few seconds.
+Given the brain mask, streamline figures draw its silhouette and outline under the lines; bundle
+colours pair left and right (:func:`paired_colours`).
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 Everything the report shows is read back from ``OUTPUT_DIR`` (sidecars, metrics JSON, bundle
 tables, figures) and, for the acquisition summary, from the input DWI named in
 ``dataset_description.json``'s ``SourceDatasets``. Figures are referenced by relative path; the
-HTML is otherwise self-contained (inline CSS, no scripts).
+HTML is otherwise self-contained (inline CSS, no scripts). The functions here collect plain values;
+``data/templates/subject.html.j2`` lays them out (:mod:`.html`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import numpy as np
