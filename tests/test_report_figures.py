@@ -77,6 +77,17 @@ def test_bundle_figure_legend_names_every_bundle():
               for t in ax.get_legend().get_texts()]
     assert sorted(labels) == sorted(many)  # each bundle named once, rows by family
     assert len(fig.axes) == 3 * len(grouped(many))
+    # a bundle keeps its colour when others are empty (the same in every tracker's figure)
+    some = {n: _streamlines([0, 0, 0], n=2) if n in ("AF_left", "CST_right") else []
+            for n in many}
+    fig = figures.bundles_figure(some)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    shown = {t.get_text(): h.get_color() for lg in legends
+             for t, h in zip(lg.get_texts(), lg.legend_handles)}
+    assert set(shown) == {"AF_left", "CST_right"} and len(fig.axes) == 3 * 2
+    for name, colour in shown.items():
+        family = [m for _, m in grouped(many) if name in m][0]
+        assert colour == figures.paired_colours(family)[name]
 
 
 def _sphere(radius_mm=20.0, voxel=4.0, n=16):

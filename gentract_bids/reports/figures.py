@@ -226,13 +226,21 @@ def bundles_figure(streamlines_by_bundle: dict, *, views=("axial", "coronal", "s
     names = [b for b, sl in streamlines_by_bundle.items() if len(sl)]
     groups = {b: _subsample(streamlines_by_bundle[b], max_streamlines, seed=k)
               for k, b in enumerate(names)}
-    rows = grouped(names) if len(names) > MANY_BUNDLES else [(None, names)]
+    # colours from every bundle named (empty ones too): the same bundle, the same colour in
+    # every tracker's figure; rows (families) only where something is drawn
+    every = list(streamlines_by_bundle)
+    rows = [(f, m) for f, m in (grouped(every) if len(every) > MANY_BUNDLES else [(None, every)])
+            if any(b in groups for b in m)] or [(None, [])]
     outlines = brain_outlines(mask, affine, views) if mask is not None else {}
     pts = np.concatenate([_all_points(groups.values()), _outline_points(outlines)])
-    fig = _figure((4.2 * len(views) + (4.4 if len(rows) > 1 else 2.2), 4.6 * len(rows)))
+    many = rows[0][0] is not None  # smaller panels, so that the legends stay readable in the report
+    size = (3.3 * len(views) + 4.0, 3.7 * len(rows) + 0.4) if many else (
+        4.2 * len(views) + 2.2, 4.6)
+    fig = _figure(size)
     axes = fig.subplots(len(rows), len(views), squeeze=False)
-    for r, (family, members) in enumerate(rows):
-        colours = paired_colours(members)
+    for r, (family, named) in enumerate(rows):
+        colours = paired_colours(named)
+        members = [b for b in named if b in groups]
         for ax, view in zip(axes[r], views):
             i, j, _ = VIEWS[view]
             if view in outlines:
@@ -242,15 +250,16 @@ def bundles_figure(streamlines_by_bundle: dict, *, views=("axial", "coronal", "s
                                                  colors=[colours[b]], linewidths=linewidth,
                                                  alpha=alpha, zorder=2))
             _finish_axes(ax, view, pts)
-            if family is not None:
-                ax.set_title(f"{family}: {view}")
+            if many:
+                ax.set_title(f"{family}: {view}", fontsize=9)
         handles = [Line2D([], [], color=colours[b], lw=2) for b in members]
         if handles:  # beside the last panel (follows it when the equal aspect shrinks it)
             axes[r][-1].legend(handles, members, loc="center left", bbox_to_anchor=(1.02, 0.5),
-                               fontsize=7, frameon=False, ncol=1 if len(members) <= 20 else 2)
+                               fontsize=8 if many else 7, frameon=False,
+                               ncol=1 if len(members) <= 20 else 2)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / size[1]) if title else None)
     return fig
 
 
