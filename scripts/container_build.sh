@@ -4,6 +4,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-localhost/gentract:latest}
+TORCH=${TORCH:-cpu}
+# The CPU torch wheel goes into the build context: TORCH_WHEEL=FILE, else the one of the lock's
+# version in this machine's pip wheel folders (`pip config list`: find-links); TORCH_WHEEL=index
+# lets the build download it from the PyTorch CPU index instead. Checked first: nothing heavy
+# runs before it.
+version_torch=$(sed -n 's/^torch==//p' requirements.lock)
+if [ "$TORCH" = cpu ] && [ "${TORCH_WHEEL:-}" != index ]; then
+  wheel=${TORCH_WHEEL:-}
+  if [ -z "$wheel" ]; then
+    links=$(python3 -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p")
+    for d in $links; do
+      for f in "$d"/torch-"$version_torch"+cpu-cp311-*.whl; do [ -f "$f" ] && wheel=$f; done
+    done
+  fi
+  if [ ! -f "$wheel" ]; then
+    echo "make container: no CPU torch wheel torch-$version_torch+cpu-cp311-*.whl found" \
+      "(pip find-links: ${links:-none}). Set TORCH_WHEEL=/path/to/that.whl," \
+      "or TORCH_WHEEL=index to download it from download.pytorch.org." >&2
+    exit 1
+  fi
+  echo "== torch wheel: $wheel"
+  rm -f docker/wheels/*.whl
+  cp "$wheel" docker/wheels/
+else
+  rm -f docker/wheels/*.whl
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "make container: rootful podman needs root; run: sudo make container" >&2; exit 1
 fi
@@ -12,7 +38,6 @@ SOURCES=/etc/apt/sources.list.d/debian.sources
 if [ -f "$SOURCES" ]; then DEFAULT_BASE=localhost/debian:bookworm
 else DEFAULT_BASE=docker.io/library/python:3.11-slim-bookworm; fi
 BASE=${BASE:-$DEFAULT_BASE}
-TORCH=${TORCH:-cpu}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/containers.conf}
 # The tools, from the distribution (skipped when all are there; apt-get is a no-op then too).
 PKGS=(mmdebstrap podman buildah runc charliecloud squashfuse)
@@ -30,28 +55,6 @@ if [ "$BASE" = localhost/debian:bookworm ] && ! podman image exists "$BASE"; the
   mmdebstrap --variant=minbase bookworm "$tmp/base.tar" "$SOURCES"
   podman import "$tmp/base.tar" "$BASE"
   rm -rf "$tmp"
-fi
-# The CPU torch wheel goes into the build context: TORCH_WHEEL=FILE, else the one of the lock's
-# version in this machine's pip wheel folders (`pip config list`: find-links); TORCH_WHEEL=index
-# lets the build download it from the PyTorch CPU index instead.
-version_torch=$(sed -n 's/^torch==//p' requirements.lock)
-rm -f docker/wheels/*.whl
-if [ "$TORCH" = cpu ] && [ "${TORCH_WHEEL:-}" != index ]; then
-  wheel=${TORCH_WHEEL:-}
-  if [ -z "$wheel" ]; then
-    links=$(python3 -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p")
-    for d in $links; do
-      for f in "$d"/torch-"$version_torch"+cpu-cp311-*.whl; do [ -f "$f" ] && wheel=$f; done
-    done
-  fi
-  if [ ! -f "$wheel" ]; then
-    echo "make container: no CPU torch wheel torch-$version_torch+cpu-cp311-*.whl found" \
-      "(pip find-links: ${links:-none}). Set TORCH_WHEEL=/path/to/that.whl," \
-      "or TORCH_WHEEL=index to download it from download.pytorch.org." >&2
-    exit 1
-  fi
-  echo "== torch wheel: $wheel"
-  cp "$wheel" docker/wheels/
 fi
 secret=()
 [ -f /etc/ssl/certs/ca-certificates.crt ] && \
