@@ -83,10 +83,22 @@ def test_image_leaves_out_exactly_the_test_extra():
 
 
 def test_ci_runs_make_targets_that_exist():
+    import yaml
+
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
-    called = re.findall(r"make ([\w-]+)", (ROOT / ".circleci" / "config.yml").read_text())
+    config = yaml.safe_load((ROOT / ".circleci" / "config.yml").read_text())
+    runs = [step["run"] if isinstance(step["run"], str) else step["run"]["command"]
+            for job in config["jobs"].values() for step in job["steps"]
+            if isinstance(step, dict) and "run" in step]
+    called = re.findall(r"make ([\w-]+)", " ".join(runs))
     assert {"container", "container-test", "container-charliecloud",
             "container-boutiques"} <= set(called) <= targets
+    assert "bash .ci/run" in runs
+    assert set(config["workflows"]["main"]["jobs"]) == {"test", "container"}
+    # container-test checks the outputs against the expected-file list
+    assert "docker/expected_outputs.txt" in (ROOT / "scripts" / "container_test.sh").read_text()
+    expected = (ROOT / "docker" / "expected_outputs.txt").read_text().split()
+    assert "sub-01/dwi/sub-01_space-dwi_model-gentract_streamlines.trx" in expected
 
 
 def _ci_run(tmp_path, fail_on, ci):
