@@ -60,6 +60,8 @@ secret=()
 [ -f /etc/ssl/certs/ca-certificates.crt ] && \
   secret=(--secret id=cacert,src=/etc/ssl/certs/ca-certificates.crt)
 version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' gentract_bids/__init__.py)
+source_sha=$(find pyproject.toml README.md gentract_bids -type f ! -name '*.pyc' -print0 \
+  | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 podman build "${secret[@]}" --build-arg BASE="$BASE" --build-arg TORCH="$TORCH" \
-  --build-arg VERSION="$version" -t "$IMAGE" .
+  --build-arg VERSION="$version" --build-arg SOURCE_SHA="$source_sha" -t "$IMAGE" .
 podman image ls "$IMAGE"

@@ -144,3 +144,11 @@ def test_container_build_says_how_to_give_the_torch_wheel(tmp_path):
         assert out.returncode == 1, out.stdout + out.stderr
         assert "no CPU torch wheel torch-2.13.0+cpu" in out.stderr and named in out.stderr
         assert "TORCH_WHEEL=index" in out.stderr and not out.stdout
+
+
+def test_a_changed_source_rebuilds_the_package_layer():
+    # The package comes in through a bind mount, whose content the layer cache does not see.
+    docker = (ROOT / "Dockerfile").read_text()
+    assert docker.index("ARG SOURCE_SHA") < docker.index("--mount=type=bind,target=/opt/src")
+    build = (ROOT / "scripts" / "container_build.sh").read_text()
+    assert '--build-arg SOURCE_SHA="$source_sha"' in build and "gentract_bids" in build
