@@ -13,7 +13,8 @@ version_torch=$(sed -n 's/^torch==//p' requirements.lock)
 if [ "$TORCH" = cpu ] && [ "${TORCH_WHEEL:-}" != index ]; then
   wheel=${TORCH_WHEEL:-}
   if [ -z "$wheel" ]; then
-    links=$(python3 -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p")
+    py=python3 && [ -x .venv/bin/python ] && py=.venv/bin/python  # pip is there after make venv
+    links=$("$py" -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p")
     for d in $links; do
       for f in "$d"/torch-"$version_torch"+cpu-cp311-*.whl; do [ -f "$f" ] && wheel=$f; done
     done
