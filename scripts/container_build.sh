@@ -26,14 +26,12 @@ if [ "$TORCH" = cpu ] && [ "${TORCH_WHEEL:-}" != index ]; then
     exit 1
   fi
   echo "== torch wheel: $wheel"
-  rm -f docker/wheels/*.whl
-  cp "$wheel" docker/wheels/
-else
-  rm -f docker/wheels/*.whl
 fi
 if [ "$(id -u)" != 0 ]; then
   echo "make container: rootful podman needs root; run: sudo make container" >&2; exit 1
 fi
+rm -f docker/wheels/*.whl
+if [ -n "${wheel:-}" ]; then cp "$wheel" docker/wheels/; fi
 # A Debian host makes its own base from its apt sources; others (CI) pull the public one.
 SOURCES=/etc/apt/sources.list.d/debian.sources
 if [ -f "$SOURCES" ]; then DEFAULT_BASE=localhost/debian:bookworm
