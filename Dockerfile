@@ -50,6 +50,9 @@ RUN --mount=type=secret,id=cacert \
       /opt/venv/lib/python3.11/site-packages/torch/include
 # The package is installed from a copy in /tmp of the bind-mounted build context, emptied in the
 # same step: its sources leave no layer behind, and the build writes nothing into the context.
+# A bind mount's content is no part of the layer cache's key: SOURCE_SHA (the sources' checksum,
+# set by `make container`) is, so a changed source rebuilds this step.
+ARG SOURCE_SHA=unknown
 RUN --mount=type=secret,id=cacert --mount=type=bind,target=/opt/src \
     if [ -f /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
  && mkdir /tmp/src && cp -r /opt/src/pyproject.toml /opt/src/README.md /opt/src/gentract_bids \

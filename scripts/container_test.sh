@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-localhost/gentract:latest}
+if [ "$(id -u)" != 0 ]; then
+  echo "make container-test: rootful podman needs root; run: sudo make container-test" >&2; exit 1
+fi
+if ! podman image exists "$IMAGE"; then
+  echo "make container-test: no image $IMAGE; build it first: make container" >&2; exit 1
+fi
 T=${CTR_TEST_DIR:-$PWD/ctr-test}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/containers.conf}
 export NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0

@@ -83,7 +83,72 @@ def test_image_leaves_out_exactly_the_test_extra():
 
 
 def test_ci_runs_make_targets_that_exist():
+    import yaml
+
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
-    called = re.findall(r"make ([\w-]+)", (ROOT / ".circleci" / "config.yml").read_text())
+    config = yaml.safe_load((ROOT / ".circleci" / "config.yml").read_text())
+    runs = [step["run"] if isinstance(step["run"], str) else step["run"]["command"]
+            for job in config["jobs"].values() for step in job["steps"]
+            if isinstance(step, dict) and "run" in step]
+    called = re.findall(r"make ([\w-]+)", " ".join(runs))
     assert {"container", "container-test", "container-charliecloud",
             "container-boutiques"} <= set(called) <= targets
+    assert "bash .ci/run" in runs
+    assert set(config["workflows"]["main"]["jobs"]) == {"test", "container"}
+    # container-test checks the outputs against the expected-file list
+    assert "docker/expected_outputs.txt" in (ROOT / "scripts" / "container_test.sh").read_text()
+    expected = (ROOT / "docker" / "expected_outputs.txt").read_text().split()
+    assert "sub-01/dwi/sub-01_space-dwi_model-gentract_streamlines.trx" in expected
+
+
+def _ci_run(tmp_path, fail_on, ci):
+    """.ci/run in a copy of the repository layout, with a `make` that records its arguments."""
+    (tmp_path / ".ci").mkdir(parents=True)
+    shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(
+        f'#!/bin/sh\necho "$*" >> "{tmp_path}/calls"\necho "log of $*"\n'
+        f'case "$*" in *{fail_on}*) exit 2;; esac\n')
+    (bin_dir / "make").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", **({"CI": "true"} if ci else {})}
+    out = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], env=env,
+                         capture_output=True, text=True)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    return out, calls
+
+
+def test_ci_run_is_the_readme_test_command_then_the_container_only_on_ci(tmp_path):
+    assert "CI runs exactly this: bash .ci/run" in (ROOT / "README.md").read_text()
+    out, calls = _ci_run(tmp_path / "local", fail_on="nothing", ci=False)
+    assert out.returncode == 0 and calls == ["test"]
+    out, calls = _ci_run(tmp_path / "ci", fail_on="nothing", ci=True)
+    assert out.returncode == 0 and calls == ["test", "container container-test"]
+    assert (tmp_path / "ci" / "container.log").read_text() == "log of container container-test\n"
+
+
+def test_ci_run_fails_with_the_container_log_tail(tmp_path):
+    out, calls = _ci_run(tmp_path, fail_on="container-test", ci=True)
+    assert out.returncode == 1 and calls == ["test", "container container-test"]
+    assert "log of container container-test" in out.stdout
+
+
+def test_container_build_says_how_to_give_the_torch_wheel(tmp_path):
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "PIP_CONFIG_FILE": "/dev/null",
+           "XDG_CONFIG_DIRS": str(tmp_path), "HOME": str(tmp_path), "PIP_FIND_LINKS": str(empty)}
+    for extra, named in (({}, f"pip find-links: {empty}"), ({"TORCH_WHEEL": "/no.whl"}, "")):
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "container_build.sh")],
+                             env={**env, **extra}, capture_output=True, text=True)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "no CPU torch wheel torch-2.13.0+cpu" in out.stderr and named in out.stderr
+        assert "TORCH_WHEEL=index" in out.stderr and not out.stdout
+
+
+def test_a_changed_source_rebuilds_the_package_layer():
+    # The package comes in through a bind mount, whose content the layer cache does not see.
+    docker = (ROOT / "Dockerfile").read_text()
+    assert docker.index("ARG SOURCE_SHA") < docker.index("--mount=type=bind,target=/opt/src")
+    build = (ROOT / "scripts" / "container_build.sh").read_text()
+    assert '--build-arg SOURCE_SHA="$source_sha"' in build and "gentract_bids" in build
