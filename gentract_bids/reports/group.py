@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import NoInputError
 from ..io.bids import SERIES_ENTITIES
+from ..io.commit import write_atomic
 from .subject import (
     FOD_GLOB, TRACKER_NAMES, esc, find_models, fmt, grid_table, page, series_entities,
     series_prefix, tracker_files, tracker_summary, tracking_seconds,
@@ -85,7 +86,7 @@ def write_group_bundlestats(output_dir, rows: list[dict], bundle_columns: list[s
     header = [*ids, "model", *bundle_columns]
     lines = ["\t".join(header)]
     lines += ["\t".join(str(r.get(c, NA)) for c in header) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -172,6 +173,6 @@ def write_group_report(output_dir, fodf_rows: list[dict], summaries: list[dict],
                     'and tracker: <a href="group_bundlestats.tsv">group_bundlestats.tsv</a>; '
                     'fODF runs: <a href="group_fodf.tsv">group_fodf.tsv</a>.</p></section>')
     path = output_dir / "group.html"
-    path.write_text(page("gentract: group report", "\n".join(body)), encoding="utf-8")
+    write_atomic(path, page("gentract: group report", "\n".join(body)))
     return path
 

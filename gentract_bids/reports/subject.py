@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.bids import SERIES_ENTITIES, output_prefix
+from ..io.commit import write_atomic
 from .bundles import MANY_BUNDLES, bundle_group, grouped, sort_key
 
 FOD_GLOB = "*_space-dwi_model-csd_param-fod_dwimap.json"
@@ -661,5 +662,5 @@ def write_subject_report(output_dir, subject, *, config: dict | None = None,
                 f'<h3>References</h3><ol class="refs">{refs}</ol></section>')
 
     path = output_dir / f"sub-{subject}.html"
-    path.write_text(page(f"gentract: sub-{subject}", "\n".join(body)), encoding="utf-8")
+    write_atomic(path, page(f"gentract: sub-{subject}", "\n".join(body)))
     return path
