@@ -29,6 +29,7 @@ from test_reliability_resources import tiny_cohort
 
 from gentract_bids.io.commit import HIDDEN, unfinished
 
+pytestmark = pytest.mark.slow  # whole GenTract runs
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ["--nprocs", "1", "--skip-bids-validation", "--model", "gentract_phantom",
            "--n-streamlines", "100", "--random-seed", "3", "--registration", "none",
