@@ -189,3 +189,35 @@ def test_trx_bytes_do_not_depend_on_the_time(tmp_path):
     back, groups = load_tractogram(path)
     assert all(np.array_equal(a, b) for a, b in zip(back, lines)) and list(groups["g"]) == [1, 2]
     assert not list(tmp_path.glob(".*partial"))
+
+
+def _write_many(path: str, worker: int, rounds: int) -> None:
+    from gentract_bids.io.commit import write_atomic
+
+    for i in range(rounds):
+        write_atomic(Path(path), json.dumps({"worker": worker, "i": i, "pad": "x" * 200_000}))
+
+
+def test_write_atomic_whole_under_concurrent_writers(tmp_path):
+    """Four processes rewriting one file while it is read: every read parses (old or new, never
+    a mix or a truncated one); a killed writer's temporary file goes with the next write."""
+    import multiprocessing
+
+    from gentract_bids.io.commit import write_atomic
+
+    path = tmp_path / "dataset_description.json"
+    write_atomic(path, json.dumps({"worker": -1, "i": 0, "pad": ""}))
+    (tmp_path / f".{path.name}.123.456.partial").write_text('{"half": ')  # a kill -9's
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(str(path), w, 20)) for w in range(4)]
+    for p in procs:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in procs):
+        assert set(json.loads(path.read_text())) == {"worker", "i", "pad"}
+        reads += 1
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4 and reads > 0
+    assert json.loads(path.read_text())["i"] == 19
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

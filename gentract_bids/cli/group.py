@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 from ..config import Config
@@ -16,7 +17,7 @@ def run_group(config: Config) -> int:
     from ..reports.group import collect_results, write_group_bundlestats, write_group_report
     from ..reports.subject import fod_parameters
 
-    from ..io.commit import HIDDEN, unfinished
+    from ..io.commit import HIDDEN, unfinished, write_atomic
 
     out = config.execution.output_dir
     busy = unfinished(out)
@@ -39,10 +40,11 @@ def run_group(config: Config) -> int:
             "version": meta.get("Version", ""),
         })
     table = out / "group_fodf.tsv"
-    with table.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), delimiter="\t")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(table, text.getvalue())
     print(f"gentract: group table of {len(rows)} series written to {table}")
 
     summaries, bundle_rows, bundle_columns = collect_results(out)

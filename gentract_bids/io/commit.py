@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 HIDDEN = ".gentract"
@@ -34,18 +36,38 @@ def signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a unique temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+@contextlib.contextmanager
+def folder_locked(folder: Path):
+    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left behind): writers
+    of one folder's shared files (``dataset_description.json``, ``logs/CITATION.*``, the group
+    tables and reports) take turns, across processes."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` whole or not at all: into a temporary file of the same folder,
+    then ``os.replace``, under :func:`folder_locked`. A reader, a concurrent writer or a
+    ``kill -9`` sees the old file or the new one, never a truncated one; the temporary file
+    such a kill leaves is removed by the next write of that file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    with folder_locked(path.parent):
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+            stale.unlink(missing_ok=True)  # a killed writer's: live ones hold the lock
+        try:
+            with open(tmp, "x", encoding=encoding) as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 

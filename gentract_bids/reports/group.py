@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import NoInputError
 from ..io.bids import SERIES_ENTITIES
+from ..io.commit import write_atomic
 from .html import fmt, render, write_html
 from .subject import (
     FOD_GLOB, TRACKER_NAMES, find_models, series_entities, series_prefix, tracker_files,
@@ -86,7 +87,7 @@ def write_group_bundlestats(output_dir, rows: list[dict], bundle_columns: list[s
     header = [*ids, "model", *bundle_columns]
     lines = ["\t".join(header)]
     lines += ["\t".join(str(r.get(c, NA)) for c in header) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -64,7 +64,9 @@ def macro(name: str):
 
 
 def write_html(path, text: str) -> Path:
-    """Write a finished report (the one place the reports are written)."""
+    """Write a finished report atomically (the one place the reports are written)."""
+    from ..io.commit import write_atomic
+
     path = Path(path)
-    path.write_text(text, encoding="utf-8")
+    write_atomic(path, text)
     return path
