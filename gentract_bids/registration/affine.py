@@ -2,7 +2,8 @@
 
 dipy's ``imaffine`` (Mattes mutual information; Avants et al.'s ANTs recipe): centre of mass ->
 translation -> rigid -> affine, each stage at three resolutions (factors 4, 2, 1; Gaussian sigmas
-3, 1, 0 voxels). The FA of the subject (moving) is matched to the template FA (static) inside both
+3, 1, 0 voxels), then the affine stage once more with the subject resampled onto the template's
+grid (so that the result no longer depends on how the subject's voxels are stored). The FA of the subject (moving) is matched to the template FA (static) inside both
 brain masks. The result is checked by the overlap (Dice) of the template's brain mask mapped into
 the subject and the subject's own brain mask.
 
@@ -34,6 +35,7 @@ COARSER = 1.25  # a subject's voxels this much larger than the template's: regis
 
 
 MAX_AXES_ANGLE = 45.0  # a principal-axes start rotated more than this is not a head pose
+REFINE = True  # a last affine pass with the subject resampled onto the template's grid
 
 
 class RegistrationError(BadDataError):
@@ -52,7 +54,8 @@ class Registration:
     def as_dict(self) -> dict:
         s = np.linalg.svd(self.matrix[:3, :3], compute_uv=False)
         angle = rotation_degrees(self.matrix)
-        return {"Method": "dipy imaffine: " + " -> ".join(PIPELINE) + " (mutual information, "
+        stages = " -> ".join(PIPELINE + (("affine on the template grid",) if REFINE else ()))
+        return {"Method": "dipy imaffine: " + stages + " (mutual information, "
                           f"{NBINS} bins; levels: factors {list(FACTORS)}, sigmas {list(SIGMAS)}, "
                           f"iterations {list(LEVEL_ITERS)})",
                 "MatrixTemplateToSubject": np.round(self.matrix, 6).tolist(),
@@ -181,6 +184,11 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
     start (:func:`axes_start`), and keeps the higher mutual information: from the first alone
     the rotation stopped short in a local optimum (held-out phantom rotated 15 degrees: 5 degrees
     found, 12 mm off; a development subject: 13.8 degrees found, 1.75 mm with both starts).
+    Last, the affine stage runs once more from the identity with the subject resampled onto the
+    template's grid through the result (:data:`REFINE`): the image pyramid and gradients are then
+    the same whatever the storage order or pose (measured on the seed-7 development cohort, mean
+    displacement from the true affine: 2.92 -> 1.88 mm, 1.75 -> 1.51 mm and 1.80 -> 1.56 mm for
+    three subjects; about 40 % more time).
     Deterministic: the mutual information is computed on every voxel (no random sampling).
     Raises :class:`RegistrationError` when the final overlap is below ``min_dice``."""
     from dipy.align.imaffine import (AffineRegistration, MutualInformationMetric,
@@ -223,6 +231,26 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
         best_run = min(runs, key=lambda r: r[1])
         return best_run[0], best_run[2]
 
+    def refine_pass(matrix):
+        """The affine stage again, from the identity, with the subject resampled onto the static
+        grid through ``matrix``: the returned map (template mm -> resampled mm) no longer
+        depends on how the subject's voxels were stored or posed."""
+        from ..fodf.grid import resample_to_grid
+
+        to_subject = matrix @ static_affine
+        moved = resample_to_grid(moving, affine, to_subject, static.shape).astype(np.float64)
+        moved_mask = resample_to_grid(mask.astype(np.uint8), affine, to_subject, static.shape,
+                                      order=0) > 0
+        reg = AffineRegistration(metric=MutualInformationMetric(nbins=NBINS,
+                                                                sampling_proportion=None),
+                                 level_iters=list(LEVEL_ITERS), sigmas=list(SIGMAS),
+                                 factors=list(FACTORS), verbosity=0)
+        out = reg.optimize(static, moved, AffineTransform3D(), None,
+                           static_grid2world=static_affine, moving_grid2world=static_affine,
+                           starting_affine=np.eye(4), static_mask=masks["static_mask"],
+                           moving_mask=moved_mask.astype(np.int32))
+        return np.asarray(out.affine, float)
+
     axes = axes_start(template.mask, template.affine, mask, affine)
     matrix = np.eye(4)
     stages = []
@@ -249,6 +277,14 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
                        "start": start})
         if note != "kept":
             LOG.warning("%s: registration stage %s: %s (Dice %.2f)", name, kind, note, d)
+    if REFINE:
+        cand = matrix @ refine_pass(matrix)
+        d = dice_of(cand)
+        note = "kept" if d >= best - MAX_DICE_DROP else "left out (the overlap fell)"
+        stages.append({"stage": "affine on the template grid", "dice": round(float(d), 4),
+                       "result": note})
+        if note == "kept":
+            matrix = cand
     dice = dice_of(matrix)
     reg = Registration(matrix, dice, time.perf_counter() - t0, stages)
     LOG.info("%s: registered to the %s template in %.1f s (brain-mask Dice %.3f)", name,
