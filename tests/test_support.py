@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from dipy.data import get_sphere
 from dipy.reconst.shm import sf_to_sh
 
@@ -12,7 +13,7 @@ from test_inference import tiny_ckpt, zscored_sh  # noqa: F401 (fixtures)
 
 from gentract_bids.io.tractogram import load_tractogram
 from gentract_bids.model.inference import (ModelMismatchError, fod_support, load_model,
-                                           sample_tractogram)
+                                           sample_tractogram, sh_tensor)
 from gentract_bids.model.support import FodSupport, SupportSettings, resample_polyline
 
 SPACING = 2.0
@@ -206,10 +207,13 @@ def test_sampling_keeps_drawing_until_enough_supported_streamlines(tiny_ckpt, zs
     support, strict, affine, mask = _half_space_support(meta)
     last_inside_x = affine[0, 3] + (mask.shape[0] // 2 - 1) * affine[0, 0]
 
-    def run(name, seed, n=50):
+    with torch.inference_mode():  # encoded once for all runs (the tiny model's VAEs are slow)
+        context = model.encode_context(sh_tensor(model, zscored_sh))
+
+    def run(name, seed, n=50, **kw):
         info = sample_tractogram(model, meta, zscored_sh, tmp_path / name, n_streamlines=n,
                                  ref_affine=affine, ref_shape=mask.shape, seed=seed,
-                                 batch_size=64, support=support)
+                                 batch_size=64, support=support, context=context, **kw)
         return np.stack(load_tractogram(tmp_path / name)[0]), info
 
     a, info = run("a.trx", 3)
@@ -217,6 +221,14 @@ def test_sampling_keeps_drawing_until_enough_supported_streamlines(tiny_ckpt, zs
     np.testing.assert_array_equal(a, b)  # the same seed: the same kept streamlines
     assert info["NumberRequested"] == 50
     assert info["NumberSampled"] > info["NumberOfStreamlines"] == len(a)
+    # the last batch is sized from the running acceptance rate, not a whole batch of 64
+    assert info["NumberSampled"] % 64 != 0
+    assert info["ModelFit"]["Verdict"] == "unknown"  # no expected acceptance for this model
+    assert info["Guidance"] is None
+    # fODF guidance runs inside the sampler and is recorded; it changes what is drawn
+    g, info_g = run("g.trx", 3, guidance_scale=1.0)
+    assert info_g["Guidance"]["Scale"] == 1.0 and len(g) == 50
+    assert not np.allclose(g, a)
     assert info["SupportFilter"]["Threshold"] == pytest.approx(0.05)
     assert 0 < info["SupportFilter"]["AcceptanceRate"] < 1
     # every kept point lies where the fODF is (within the interpolation's reach of the mask)
@@ -224,7 +236,7 @@ def test_sampling_keeps_drawing_until_enough_supported_streamlines(tiny_ckpt, zs
     # too few supported ones within max_oversampling: fewer are written, and the sidecar says so
     support.settings = SupportSettings(min_length_fraction=0.02, max_oversampling=1.0)
     c, info_c = run("c.trx", 3, n=200)
-    assert info_c["NumberSampled"] == 256 and len(c) == info_c["NumberOfStreamlines"] < 200
+    assert info_c["NumberSampled"] == 200 and len(c) == info_c["NumberOfStreamlines"] < 200
     # none supported (the default settings reject these random polylines): a clear error and
     # no file, partial or temporary, is left behind
     support.settings = strict

@@ -40,6 +40,8 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                                    "reference mask; None: the model's points as sampled")
     support_threshold = traits.Either(None, traits.Float, default=None, usedefault=True,
                                       desc="fODF support filter threshold; None: off")
+    guidance_scale = traits.Float(0.0, usedefault=True,
+                                  desc="fODF guidance of each flow step (needs the filter); 0: off")
     canonical_mask = File(exists=True, desc="brain mask on the model's grid (support filter)")
     xfm_file = File(exists=True, desc="registration (ITK affine, template mm -> subject mm): "
                     "the streamlines are mapped back to the subject through it")
@@ -98,7 +100,7 @@ class GenTractSample(SimpleInterface):
             n_streamlines=i.n_streamlines, ref_affine=ref.affine, ref_shape=ref.shape[:3],
             steps=optional(i.steps), sampler=optional(i.sampler),
             batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device,
-            to_subject=to_subject)
+            to_subject=to_subject, guidance_scale=i.guidance_scale if support else 0.0)
         if optional(i.step_size):
             self._results["metadata"].update(
                 resample_to_step(out, i.step_size, np.asanyarray(ref.dataobj), ref.affine))

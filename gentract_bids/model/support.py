@@ -33,6 +33,7 @@ DEFAULT_THRESHOLD = 0.05
 DEFAULT_MIN_LENGTH_FRACTION = 0.85
 DEFAULT_EXTENSION_THRESHOLD = 0.15
 DEFAULT_MAX_EXTENSION_MM = 20.0
+DEFAULT_GUIDANCE_SCALE = 0.0  # --guidance-scale (docs/benchmarks.md, Sampler)
 REFERENCE_PERCENTILE = 99.0
 # draws per kept streamline to plan batches for: the shipped model keeps about 1 in 4 of its
 # samples on held-out phantoms (README, Measured)
@@ -156,8 +157,9 @@ class FodSupport:
         cos_cone = np.cos(np.deg2rad(self.settings.extension_cone_deg))
         inside = verts @ verts.T >= cos_cone  # the cone around each vertex, padded with itself
         width = int(inside.sum(1).max())
-        self._cone = np.array([np.r_[np.flatnonzero(row), [i] * (width - row.sum())]
-                               for i, row in enumerate(inside)], np.intp)
+        cone = np.argsort(~inside, axis=1, kind="stable")[:, :width]  # in-cone first, in order
+        pad = np.arange(width)[None] >= inside.sum(1)[:, None]
+        self._cone = np.where(pad, np.arange(len(verts))[:, None], cone)
         self.sh = np.where(mask[..., None], sh, 0.0).astype(np.float32)
         self.affine = np.asarray(affine, np.float64)
         self._inv = np.linalg.inv(self.affine)
@@ -286,3 +288,72 @@ class FodSupport:
             pts = np.where(in_head[..., None], heads[rows[:, None], h], pts)
             pts = np.where(in_body[..., None], pts, tails[rows[:, None], t])
         return resample_polylines(pts, length, p)
+
+
+GUIDANCE_CAP = 0.25  # relative amplitude above which a point gains nothing more from guidance
+GUIDANCE_POINTS = 4  # points per segment of the predicted streamline at which it is scored
+
+
+class FodGuidance:
+    """fODF guidance of the flow sampler (*ours*; issue 16): the gradient, with respect to the
+    predicted clean streamline (model coordinates, (b, p, 3)), of its support score, the sum
+    over ``GUIDANCE_POINTS`` points per segment of min(a, ``GUIDANCE_CAP``), a the fODF amplitude
+    there along the segment (relative, as in :class:`FodSupport`), times ``scale``. Torch,
+    differentiable: trilinear weights of the 8 neighbouring voxels' coefficients in the monomial
+    basis (:func:`monomials`), so the basis along a direction is a product of its components."""
+
+    def __init__(self, support: FodSupport, lo, hi, data_scale: float, scale: float,
+                 device="cpu"):
+        import torch
+
+        if not scale > 0:
+            raise ValueError(f"the guidance scale must be positive, got {scale}")
+        self.scale = float(scale)
+        mono = support.sh @ support._mono_to_sh.T.astype(np.float32)  # (X, Y, Z, k)
+        self.vol = torch.from_numpy(np.ascontiguousarray(mono)).to(device)
+        self.exponents = support.exponents
+        self.inv = torch.as_tensor(support._inv, dtype=torch.float32, device=device)
+        lo, hi = (torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)
+                  for v in (lo, hi))
+        # model coordinates x -> mm: lo + (x / data_scale + 1) (hi - lo) / 2
+        self.mm_scale, self.mm_offset = (hi - lo) / (2 * data_scale), lo + (hi - lo) / 2
+        self.reference = support.reference
+        w = (np.arange(GUIDANCE_POINTS) + 0.5) / GUIDANCE_POINTS
+        self.along = torch.as_tensor(w, dtype=torch.float32, device=device)[None, None, :, None]
+
+    def _coefficients(self, points):
+        import torch
+
+        shape = torch.tensor(self.vol.shape[:3], device=points.device)
+        ijk = points @ self.inv[:3, :3].T + self.inv[:3, 3]
+        inside = ((ijk >= 0) & (ijk <= shape - 1)).all(-1, keepdim=True)
+        i0 = torch.minimum(torch.floor(ijk).clamp(min=0).long(), (shape - 2).clamp(min=0))
+        f = ijk - i0
+        out = 0.0
+        for corner in np.ndindex(2, 2, 2):
+            c = torch.tensor(corner, device=points.device)
+            w = torch.where(c.bool(), f, 1.0 - f).prod(-1, keepdim=True)
+            idx = torch.minimum(i0 + c, shape - 1)
+            out = out + w * self.vol[idx[:, 0], idx[:, 1], idx[:, 2]]
+        return out * inside
+
+    def score(self, x):
+        """(b,) support score of streamlines ``x`` (b, p, 3) in model coordinates."""
+        import torch
+
+        mm = x * self.mm_scale + self.mm_offset
+        seg = mm[:, 1:] - mm[:, :-1]  # (b, p - 1, 3)
+        points = mm[:, :-1, None] + self.along * seg[:, :, None]  # (b, p - 1, G, 3)
+        d = seg / (torch.linalg.norm(seg, dim=-1, keepdim=True) + 1e-6)
+        d = d[:, :, None].expand_as(points).reshape(-1, 3)
+        amp = (self._coefficients(points.reshape(-1, 3)) * monomials(d, self.exponents)).sum(-1)
+        amp = (amp / self.reference).clamp(max=GUIDANCE_CAP)
+        return amp.reshape(len(x), -1).sum(1)
+
+    def __call__(self, x1_hat):
+        import torch
+
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x1_hat.detach().float().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.score(x).sum(), x)
+        return self.scale * grad

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..io.bids import SERIES_ENTITIES, output_prefix
 from .bundles import MANY_BUNDLES, bundle_group, grouped, sort_key
+from .model_fit import model_fit_box
 
 FOD_GLOB = "*_space-dwi_model-csd_param-fod_dwimap.json"
 TRACKER_NAMES = {"gentract": "GenTract", "ifod2": "MRtrix3 iFOD2", "sdstream": "MRtrix3 SD_Stream",
@@ -397,6 +398,7 @@ def _tracker_html(output_dir, series: dict, t: dict) -> str:
     desc = side.get("Description") or side.get("Algorithm")
     if desc:
         out.append(f"<p>{esc(desc)}</p>")
+    out.append(model_fit_box(side))  # '' unless the sidecar's ModelFit says it does not fit
     fig = figure_path(output_dir, series["entities"], "directions", m, "streamlines")
     if fig.exists():
         out.append("<h4>Tractogram (segments coloured by direction: red left-right, green "
