@@ -59,7 +59,8 @@ class ModelMismatchError(UsageError):
 
 def shipped_models() -> list[str]:
     """Names of the checkpoints shipped with the package (``--model NAME`` selects one)."""
-    return sorted(p.name[: -len(".json")] for p in SHIPPED_MODELS_DIR.glob("*.json"))
+    return sorted(p.name[: -len(".json")] for p in SHIPPED_MODELS_DIR.glob("*.json")
+                  if p.with_suffix(".safetensors").exists())  # not expected_acceptance.json
 
 
 def resolve_model_path(path=None) -> Path:
