@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, nargs="+", default=[7], help="cohort seeds (7: dev)")
     ap.add_argument("--subjects", type=int, default=1, help="subjects per cohort to sample")
+    ap.add_argument("--labels", nargs="+", help="sample these subjects (default: the first "
+                    "--subjects)")
     ap.add_argument("--n", type=int, default=1000, help="streamlines to keep")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--guidance", type=float, nargs="+", default=[0.0])
@@ -125,11 +127,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     rows = []
     for seed in a.seed:
-        st = Settings(n_subjects=max(2, a.subjects), seed=seed)
+        labels = a.labels or [f"{k + 1:02d}" for k in range(a.subjects)]
+        st = Settings(n_subjects=max(2, len(labels), *map(int, labels)), seed=seed)
         cohort = build_cohort(CohortSpec("base", st.clean_snr, st.clean_voxel_size), st,
                               a.out / f"seed{seed}")
-        for k in range(a.subjects):
-            label = f"{k + 1:02d}"
+        for label in labels:
             s = subject_setup(a.model, cohort, label)
             for g in a.guidance:
                 r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out)
@@ -141,7 +143,8 @@ def main(argv=None) -> int:
                 rows.append(r)
                 print(json.dumps({k_: (round(v, 4) if isinstance(v, float) else v)
                                   for k_, v in r.items() if k_ not in ("ib",)}), flush=True)
-    (a.out / "sampler.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
+    out = a.out / f"sampler_{int(time.time())}.json"
+    out.write_text(json.dumps(rows, indent=1, default=float) + "\n")
     return 0
 
 

@@ -255,7 +255,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     subject's mm (:func:`gentract_bids.registration.template.subject_map`); the streamlines are
     sampled and filtered in model coordinates and written through it. ``guidance_scale`` > 0
     (flow models, with ``support``): every flow step is guided by the fODF support of its
-    predicted clean streamline (:class:`~gentract_bids.model.support.FodGuidance`). Returns the sidecar metadata: sampler, steps, seed, device,
+    predicted clean streamline (:class:`~gentract_bids.model.support.FodGuidance`). Returns the
+    sidecar metadata: sampler, steps, seed, device,
     counts, timings, streamlines per second and peak memory."""
     out_file = Path(out_file)
     if os.environ.get("GENTRACT_NTHREADS"):  # --nthreads, in a nipype worker too
