@@ -96,3 +96,16 @@ def test_the_guidance_option_reaches_the_config_and_needs_the_filter(tmp_path):
         parse_args(args + ["--support-threshold", "0"])
     with pytest.raises(UsageError):
         parse_args(args[:-1] + ["-1"])
+
+
+def test_the_report_shows_the_box_in_the_trackers_section(tmp_path):
+    from gentract_bids.reports.subject import _tracker_html
+
+    series = {"prefix": "sub-01", "entities": {"subject": "01"}}
+    side = {"Description": "GenTract", "ModelFit": model_fit({"sha256": "x"}, 0.5)}
+    track = {"model": "gentract", "sidecar": side, "metrics": {}, "bundles": [],
+             "streamlines_per_second": None}
+    assert "does not fit" not in _tracker_html(tmp_path, series, track)  # verdict unknown
+    side["ModelFit"] = dict(side["ModelFit"], Verdict="does not fit", Message="far below")
+    html = _tracker_html(tmp_path, series, track)
+    assert html.index("Warning: the model does not fit") < html.index("Evaluation summary")
