@@ -27,7 +27,7 @@ for _p in (HERE.parent, HERE):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from phantom.cohorts import CohortSpec, build_cohort, subject_files  # noqa: E402
+from phantom.cohorts import ISBI_GEOMETRY, CohortSpec, build_cohort, subject_files  # noqa: E402
 from phantom.common import Settings, _load  # noqa: E402
 from phantom.runners import score_run  # noqa: E402
 
@@ -39,7 +39,7 @@ def dipy_fod(cohort: Path, label: str) -> Path:
     from gentract_bids.fodf.csd import fit_csd, make_gtab
     from gentract_bids.io.dwi import read_dwi
 
-    out = cohort.parent / "fod" / f"sub-{label}_dipy_sh.nii.gz"
+    out = cohort.parent / "fod" / cohort.name / f"sub-{label}_dipy_sh.nii.gz"
     if not out.exists():
         f = subject_files(cohort, label)
         dwi = read_dwi(f["dwi"], f["bval"], f["bvec"])
@@ -62,7 +62,7 @@ def subject_setup(model_name: str, cohort: Path, label: str) -> dict:
     to_subject = None
     if template is not None:
         src = SubjectSource(label, f["dwi"], f["bval"], f["bvec"], f["mask"], [])
-        reg = subject_registration(src, template, cohort.parent / "registration")
+        reg = subject_registration(src, template, cohort.parent / "registration" / cohort.name)
         to_subject = model_to_subject(template, reg)
     sh, affine = _load(dipy_fod(cohort, label))
     mask, mask_affine = _load(f["mask"])
@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--no-score", action="store_true", help="timings only")
+    ap.add_argument("--isbi", action="store_true", help="the ISBI 2013 geometry's cohort (out "
+                    "of the tube model's family) instead of the base cohort")
     ap.add_argument("--out", type=Path, default=Path("work/sampler"))
     a = ap.parse_args(argv)
     import torch
@@ -129,8 +131,9 @@ def main(argv=None) -> int:
     for seed in a.seed:
         labels = a.labels or [f"{k + 1:02d}" for k in range(a.subjects)]
         st = Settings(n_subjects=max(2, len(labels), *map(int, labels)), seed=seed)
-        cohort = build_cohort(CohortSpec("base", st.clean_snr, st.clean_voxel_size), st,
-                              a.out / f"seed{seed}")
+        spec = (CohortSpec("isbi", st.clean_snr, st.clean_voxel_size, str(ISBI_GEOMETRY))
+                if a.isbi else CohortSpec("base", st.clean_snr, st.clean_voxel_size))
+        cohort = build_cohort(spec, st, a.out / f"seed{seed}")
         for label in labels:
             s = subject_setup(a.model, cohort, label)
             for g in a.guidance:
