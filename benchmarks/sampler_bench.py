@@ -49,7 +49,7 @@ def dipy_fod(cohort: Path, label: str) -> Path:
     return out
 
 
-def subject_setup(model_name: str, cohort: Path, label: str) -> dict:
+def subject_setup(model_name: str, cohort: Path, label: str, register: bool = True) -> dict:
     """Model, z-scored canonical fODF, support test and model -> subject map of one subject."""
     from gentract_bids.fodf.grid import to_canonical, zscore
     from gentract_bids.model.inference import fod_support, load_model, resolve_model_path
@@ -60,7 +60,7 @@ def subject_setup(model_name: str, cohort: Path, label: str) -> dict:
     f = subject_files(cohort, label)
     template = load_model_template(resolve_model_path(model_name), meta)
     to_subject = None
-    if template is not None:
+    if template is not None and register:
         src = SubjectSource(label, f["dwi"], f["bval"], f["bvec"], f["mask"], [])
         reg = subject_registration(src, template, cohort.parent / "registration" / cohort.name)
         to_subject = model_to_subject(template, reg)
@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--no-score", action="store_true", help="timings only")
     ap.add_argument("--isbi", action="store_true", help="the ISBI 2013 geometry's cohort (out "
-                    "of the tube model's family) instead of the base cohort")
+                    "of the tube model's family) instead of the base cohort, not registered "
+                    "(its brain is not the tubes' template)")
     ap.add_argument("--out", type=Path, default=Path("work/sampler"))
     a = ap.parse_args(argv)
     import torch
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
                 if a.isbi else CohortSpec("base", st.clean_snr, st.clean_voxel_size))
         cohort = build_cohort(spec, st, a.out / f"seed{seed}")
         for label in labels:
-            s = subject_setup(a.model, cohort, label)
+            s = subject_setup(a.model, cohort, label, register=not a.isbi)
             for g in a.guidance:
                 r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out)
                 sl = r.pop("streamlines")
