@@ -16,7 +16,8 @@ from test_support import AFFINE, _line, _tube_volume
 from gentract_bids.model.flow import FlowMatchingObjective
 from gentract_bids.model.inference import (EXPECTED_ACCEPTANCE_FILE, MODEL_FIT_RATIO,
                                            model_fit)
-from gentract_bids.model.support import GUIDANCE_CAP, FodGuidance, FodSupport
+from gentract_bids.model.support import (DEFAULT_GUIDANCE_SCALE, GUIDANCE_CAP, FodGuidance,
+                                         FodSupport)
 from gentract_bids.reports.model_fit import model_fit_box
 
 
@@ -92,6 +93,8 @@ def test_the_guidance_option_reaches_the_config_and_needs_the_filter(tmp_path):
 
     args = [str(tmp_path), str(tmp_path / "out"), "participant", "--guidance-scale", "0.1"]
     assert parse_args(args).model.guidance_scale == 0.1
+    assert parse_args(args[:3]).model.guidance_scale == DEFAULT_GUIDANCE_SCALE
+    assert parse_args(args[:3] + ["--support-threshold", "0"]).model.guidance_scale == 0.0
     with pytest.raises(UsageError, match="needs the support filter"):
         parse_args(args + ["--support-threshold", "0"])
     with pytest.raises(UsageError):
