@@ -85,6 +85,7 @@ class Model:
     steps: int | None = None  # None: the model's default (10)
     batch_size: int | None = None  # None: from the request and free memory
     support_threshold: float | None = None  # fODF support filter (model/support.py); None: off
+    guidance_scale: float = 0.0  # fODF guidance of the flow steps; 0: off (the CLI: 0.03)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
 from .execution import config_file_defaults, load_bids_filters, load_plugin_file, parse_mem
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 from ..io.bids import bare_labels
-from ..model.support import DEFAULT_THRESHOLD
+from ..model.support import DEFAULT_GUIDANCE_SCALE, DEFAULT_THRESHOLD
 
 ANALYSIS_LEVELS = ("participant", "group")
 # the trackers a run can use: GenTract (the default) and the baselines; "none": fODF stage only
@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampling until --n-streamlines are kept; the fODF amplitude threshold "
                         "relative to its 99th-percentile peak (default: %(default)s; 0: off, "
                         "every sampled streamline is written)")
+    g.add_argument("--guidance-scale", type=float, default=None,
+                   help="guide every flow step by the fODF support of its predicted streamline "
+                        f"(needs the support filter; default: {DEFAULT_GUIDANCE_SCALE} with the "
+                        "filter, off without it; 0: off; docs/benchmarks.md, Sampler)")
     g.add_argument("--registration", choices=("affine", "none"), default="affine",
                    help="how each series is brought into the model's space (the template its "
                         "checkpoint carries): affine: registered to it (dipy, mutual information: "
@@ -219,6 +223,10 @@ def parse_args(argv=None, check_paths: bool = False) -> Config:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
     if not 0 <= opts.support_threshold < 1:
         raise UsageError(f"--support-threshold must lie in [0, 1), got {opts.support_threshold}")
+    if opts.guidance_scale is None:
+        opts.guidance_scale = DEFAULT_GUIDANCE_SCALE if opts.support_threshold else 0.0
+    if opts.guidance_scale < 0 or (opts.guidance_scale and not opts.support_threshold):
+        raise UsageError("--guidance-scale must be >= 0 and needs the support filter")
     trackers = list(dict.fromkeys(opts.tracker))
     if "none" in trackers:
         if len(trackers) > 1:
@@ -339,7 +347,8 @@ def _model_section(opts, check: bool) -> Model:
 
     path = resolve_model_path(opts.model).resolve()  # a path, or a shipped model's name
     model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size,
-                  support_threshold=opts.support_threshold or None)
+                  support_threshold=opts.support_threshold or None,
+                  guidance_scale=opts.guidance_scale)
     if check:
         from ..registration.template import load_model_template
 

@@ -40,6 +40,8 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                                    "reference mask; None: the model's points as sampled")
     support_threshold = traits.Either(None, traits.Float, default=None, usedefault=True,
                                       desc="fODF support filter threshold; None: off")
+    guidance_scale = traits.Float(0.0, usedefault=True,
+                                  desc="fODF guidance of each flow step (needs the filter); 0: off")
     canonical_mask = File(exists=True, desc="brain mask on the model's grid (support filter)")
     xfm_file = File(exists=True, desc="registration (ITK affine, template mm -> subject mm): "
                     "the streamlines are mapped back to the subject through it")
@@ -74,7 +76,7 @@ class GenTractSample(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..logs import worker_logging
-        from ..model.inference import fod_support, load_model, sample_tractogram
+        from ..model.inference import fod_support, load_model, model_sampler, sample_tractogram
         from ..registration.template import subject_map
 
         worker_logging()  # progress lines reach the console from a MultiProc worker too
@@ -91,6 +93,9 @@ class GenTractSample(SimpleInterface):
             mask = nb.load(i.canonical_mask)
             support = fod_support(meta, zscored, np.asanyarray(mask.dataobj) > 0, fod.affine,
                                   threshold=i.support_threshold)
+        # guidance steers flow steps only (a DDIM model samples unguided; the sidecar says so)
+        flow = model_sampler(meta) == "flow"
+        guidance = i.guidance_scale if support is not None and flow else 0.0
         out = Path(f"tractogram.{i.out_format}").absolute()
         to_subject = subject_map(i.model_path, i.xfm_file if isdefined(i.xfm_file) else None)
         self._results["metadata"] = sample_tractogram(
@@ -98,7 +103,7 @@ class GenTractSample(SimpleInterface):
             n_streamlines=i.n_streamlines, ref_affine=ref.affine, ref_shape=ref.shape[:3],
             steps=optional(i.steps), sampler=optional(i.sampler),
             batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device,
-            to_subject=to_subject)
+            to_subject=to_subject, guidance_scale=guidance)
         if optional(i.step_size):
             self._results["metadata"].update(
                 resample_to_step(out, i.step_size, np.asanyarray(ref.dataobj), ref.affine))

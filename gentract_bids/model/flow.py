@@ -57,13 +57,20 @@ class FlowMatchingObjective:
         return F.mse_loss(pred.float(), (x1 - x0).float())
 
     def sample(self, model_fn: ModelFn, shape, steps: int = 10, method: str | None = None,
-               generator: torch.Generator | None = None, device="cpu") -> Tensor:
-        """Integrate from x0 ~ N(0, I) (drawn with ``generator``) at t = 0 to t = 1."""
+               generator: torch.Generator | None = None, device="cpu",
+               guidance=None) -> Tensor:
+        """Integrate from x0 ~ N(0, I) (drawn with ``generator``) at t = 0 to t = 1.
+
+        ``guidance(x1_hat) -> (b, p, 3)`` (optional) is added to each step's velocity: a
+        direction that raises a score of the predicted clean streamline x1_hat = x_t + (1 − t)·v
+        (classifier-style guidance on the x0 prediction; see
+        :class:`gentract_bids.model.support.FodGuidance`)."""
         gdev = generator.device if generator is not None else torch.device(device)
         x = torch.randn(tuple(shape), generator=generator, device=gdev).to(device)
 
         def velocity(xt: Tensor, t: float) -> Tensor:
             tt = torch.full((xt.shape[0],), t * TIME_SCALE, device=xt.device)
-            return model_fn(xt, tt).to(xt.dtype)
+            v = model_fn(xt, tt).to(xt.dtype)
+            return v if guidance is None else v + guidance(xt + (1.0 - t) * v).to(v.dtype)
 
         return integrate_ode(velocity, x, steps, method or self.method)

@@ -18,7 +18,7 @@ bounds (:class:`CoordinateScaler`); the SH volume is on the canonical grid and z
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -195,12 +195,15 @@ class GenTract(nn.Module):
     @torch.inference_mode()
     def sample_batches(self, context: Tensor, n_streamlines: int | None,
                        steps: int | None = None,
-                       batch_size: int = 4096, generator: torch.Generator | None = None,
+                       batch_size: "int | Callable[[], int]" = 4096,
+                       generator: torch.Generator | None = None,
                        sampler: str | None = None, flow_method: str | None = None,
                        n_points: int | None = None,
-                       volume: Tensor | None = None) -> Iterator[Tensor]:
+                       volume: Tensor | None = None, guidance=None) -> Iterator[Tensor]:
         """Yield batches (b, p, 3) of streamlines in [-1, 1] until ``n_streamlines`` are made
-        (``None``: full batches for as long as the caller iterates).
+        (``None``: full batches for as long as the caller iterates). ``batch_size`` may be a
+        function called before each batch for its size (the caller sizes its last batch);
+        ``guidance`` (flow objective): see :meth:`FlowMatchingObjective.sample`.
 
         The context cache (projected context + every layer's K/V) is built once. The module is in
         eval mode (no dropout) while sampling and goes back to its previous mode afterwards."""
@@ -217,16 +220,20 @@ class GenTract(nn.Module):
             device = context.device
             done = 0
             while n_streamlines is None or done < n_streamlines:
-                b = batch_size if n_streamlines is None else min(batch_size, n_streamlines - done)
+                b = batch_size() if callable(batch_size) else batch_size
+                b = b if n_streamlines is None else min(b, n_streamlines - done)
                 if cache.batch not in (1, b):
                     raise ValueError("sampling needs a context of batch 1")
                 shape = (b, p, 3)
                 if self.config.objective == "diffusion":
+                    if guidance is not None:
+                        raise ValueError("fODF guidance needs a flow-matching model")
                     out = self.objective.sample(fn, shape, steps=steps, generator=generator,
                                                 device=device)
                 else:
                     out = self.objective.sample(fn, shape, steps=steps, method=flow_method,
-                                                generator=generator, device=device)
+                                                generator=generator, device=device,
+                                                guidance=guidance)
                 done += b
                 yield out / self.config.data_scale
         finally:

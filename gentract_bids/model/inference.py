@@ -31,6 +31,7 @@ from ..errors import CheckpointError, UsageError
 from ..fodf.csd import SH_BASIS
 from ..io.checkpoint import load_checkpoint
 from .gentract import SAMPLERS, CoordinateScaler
+from .support import EXPECTED_OVERSAMPLING, GUIDANCE_CAP
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
 HUMAN_MODEL = SHIPPED_MODELS_DIR / "gentract_human_phantom"  # human-anatomy phantoms, MNI space
@@ -42,9 +43,14 @@ SHIPPED_CHECKSUMS = {
     "gentract_human_phantom": "2f30cb2dd0f66f195090ce046313be9bdb373c5d10444f7fd6be43c24acdb854",
     "gentract_phantom": "6103f5b30e61cf1e7b1c8ca6383ec030392d28e3c22a8da4e69befeb5df910ab",
 }
+# the support filter's acceptance each shipped model showed on its dev cohort (ModelFit)
+EXPECTED_ACCEPTANCE_FILE = SHIPPED_MODELS_DIR / "expected_acceptance.json"
+MODEL_FIT_RATIO = 1 / 3  # acceptance below this fraction of the expected: "does not fit"
 OUTPUT_FORMATS = ("trx", "tck", "trk")
 LOG = logging.getLogger("gentract.inference")
 PROGRESS_SECONDS = 30.0  # a progress line at least this often, and every 10 % kept
+LAST_BATCH_MARGIN = 1.2  # with the support filter, draw 1.2 x what the acceptance rate says
+MIN_BATCH = 32  # the smallest batch drawn for the rest (a few more draws cost less than a call)
 
 
 class ModelMismatchError(UsageError):
@@ -53,7 +59,8 @@ class ModelMismatchError(UsageError):
 
 def shipped_models() -> list[str]:
     """Names of the checkpoints shipped with the package (``--model NAME`` selects one)."""
-    return sorted(p.name[: -len(".json")] for p in SHIPPED_MODELS_DIR.glob("*.json"))
+    return sorted(p.name[: -len(".json")] for p in SHIPPED_MODELS_DIR.glob("*.json")
+                  if p.with_suffix(".safetensors").exists())  # not expected_acceptance.json
 
 
 def resolve_model_path(path=None) -> Path:
@@ -124,6 +131,40 @@ def check_compatible(meta: dict, *, sh_order: int, sh_basis: str = SH_BASIS,
                         f"not {sampler}")
     if problems:
         raise ModelMismatchError(f"{name} does not fit this run: " + "; ".join(problems))
+
+
+def expected_acceptance(meta: dict) -> dict | None:
+    """The entry of :data:`EXPECTED_ACCEPTANCE_FILE` whose ``sha256`` is the checkpoint's."""
+    if not EXPECTED_ACCEPTANCE_FILE.exists():
+        return None
+    table = json.loads(EXPECTED_ACCEPTANCE_FILE.read_text())
+    return next((dict(v, Name=k) for k, v in table.items()
+                 if v.get("sha256") == meta.get("sha256")), None)
+
+
+def model_fit(meta: dict, acceptance: float) -> dict:
+    """The sidecar's ``ModelFit``: the support filter's acceptance against the one the model
+    showed on its own dev cohort; ``Verdict`` is ``does not fit`` below :data:`MODEL_FIT_RATIO`
+    of it, ``fits`` otherwise, ``unknown`` for a checkpoint without a measured expectation."""
+    entry = expected_acceptance(meta)
+    fit = {"Acceptance": round(float(acceptance), 4), "ExpectedAcceptance": None,
+           "Ratio": None, "Verdict": "unknown",
+           "Message": "no expected acceptance is known for this checkpoint"}
+    if entry is None:
+        return fit
+    expected = float(entry["acceptance"])
+    ratio = acceptance / expected
+    fit.update(ExpectedAcceptance=expected, ExpectedFrom=entry.get("measured_on"),
+               Ratio=round(ratio, 3), Verdict="fits" if ratio >= MODEL_FIT_RATIO else
+               "does not fit")
+    fit["Message"] = (
+        f"the fODF supports {100 * acceptance:.1f} % of this model's draws, "
+        f"{'in line with' if ratio >= MODEL_FIT_RATIO else 'far below'} the "
+        f"{100 * expected:.1f} % it showed on its validation phantoms"
+        + ("" if ratio >= MODEL_FIT_RATIO else
+           ": the model does not fit this subject, its streamlines are the few the fODF "
+           "supports and may miss most bundles"))
+    return fit
 
 
 def _available_bytes(device: str) -> int:
@@ -197,7 +238,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                       ref_affine, ref_shape, steps: int | None = None, sampler: str | None = None,
                       batch_size: int | None = None, seed: int = 0, device: str = "cpu",
                       context: torch.Tensor | None = None, support=None,
-                      to_subject=None) -> dict:
+                      to_subject=None, guidance_scale: float = 0.0) -> dict:
     """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
 
     ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (with a
@@ -212,7 +253,10 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     ``n_streamlines`` are kept (or ``max_oversampling`` times as many were drawn: then fewer are
     written and the sidecar says so). ``to_subject`` (4, 4) maps the model's coordinates to the
     subject's mm (:func:`gentract_bids.registration.template.subject_map`); the streamlines are
-    sampled and filtered in model coordinates and written through it. Returns the sidecar metadata: sampler, steps, seed, device,
+    sampled and filtered in model coordinates and written through it. ``guidance_scale`` > 0
+    (flow models, with ``support``): every flow step is guided by the fODF support of its
+    predicted clean streamline (:class:`~gentract_bids.model.support.FodGuidance`). Returns the
+    sidecar metadata: sampler, steps, seed, device,
     counts, timings, streamlines per second and peak memory."""
     out_file = Path(out_file)
     if os.environ.get("GENTRACT_NTHREADS"):  # --nthreads, in a nipype worker too
@@ -229,8 +273,6 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         raise ModelMismatchError(f"--sampler {sampler} does not fit this model (use {check_sampler})")
     steps = int(steps or model.config.steps)
     if not batch_size:
-        from .support import EXPECTED_OVERSAMPLING
-
         batch_size = auto_batch_size(model, device, n_streamlines=n_streamlines,
                                      oversampling=1.0 if support is None else EXPECTED_OVERSAMPLING)
     batch_size = int(batch_size)
@@ -246,6 +288,14 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     volume = vol if model.uses_volume else None  # local fODF features sample it at every step
     t_context = time.perf_counter() - t0
 
+    guidance = None
+    if guidance_scale:
+        from .support import FodGuidance
+
+        if support is None or sampler != "flow":
+            raise UsageError("--guidance-scale needs the support filter and a flow model")
+        guidance = FodGuidance(support, scaler.lo, scaler.hi, model.config.data_scale,
+                               guidance_scale, device)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else nullcontext())
@@ -261,10 +311,24 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         LOG.info("sampling %d streamlines on %s in batches of %d (%s, %d steps%s)", n_streamlines,
                  device, batch_size, sampler, steps, ", support filter" if support else "")
         reported, t_report = 0, t1
+        known = expected_acceptance(meta)  # the first batch's guess, else 1 in 4
+        prior = float(known["acceptance"]) if known else 1.0 / EXPECTED_OVERSAMPLING
+
+        def next_size() -> int:
+            """A whole batch, or with the support filter what the running acceptance rate says
+            the rest needs (x LAST_BATCH_MARGIN), never more than max_drawn allows."""
+            if support is None:
+                return batch_size
+            rate = accepted / drawn if drawn else prior
+            want = batch_size if rate <= 0 else int(np.ceil(
+                (n_streamlines - done) / rate * LAST_BATCH_MARGIN))
+            return max(1, min(batch_size, max(MIN_BATCH, want), int(max_drawn - drawn)))
+
         with autocast:
             for batch in model.sample_batches(context, None if support else n_streamlines,
-                                              steps=steps, batch_size=batch_size,
-                                              generator=generator, volume=volume):
+                                              steps=steps, batch_size=next_size,
+                                              generator=generator, volume=volume,
+                                              guidance=guidance):
                 mm = scaler.to_mm(batch.float().cpu().numpy().astype(np.float64))
                 drawn += len(mm)
                 if support is not None:
@@ -304,6 +368,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         del positions
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    fit = None if support is None else model_fit(meta, accepted / drawn)
+    if fit is not None and fit["Verdict"] == "does not fit":
+        LOG.warning("model fit: %s", fit["Message"])
     peak = {"PeakRSSMiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.startswith("cuda"):
         peak["PeakGPUMemoryMiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -327,6 +394,11 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                           {**support.settings.as_dict(),
                            "AcceptanceRate": round(accepted / drawn, 4),
                            "ReferenceAmplitude": support.reference}),
+        "ModelFit": fit,
+        "Guidance": (None if guidance is None else
+                     {"Scale": float(guidance_scale), "Term": "fODF support of the predicted "
+                      "clean streamline (min(amplitude, cap), summed along it)",
+                      "Cap": GUIDANCE_CAP}),
         "PointsPerStreamline": int(p),
         "ModelToSubject": None if to_subject is None else np.round(to_subject, 6).tolist(),
         "Timings": {"ContextSeconds": round(t_context, 3), "SamplingSeconds": round(t_sample, 3),

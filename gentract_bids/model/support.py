@@ -28,12 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_MIN_LENGTH_FRACTION = 0.85
 DEFAULT_EXTENSION_THRESHOLD = 0.15
 DEFAULT_MAX_EXTENSION_MM = 20.0
+DEFAULT_GUIDANCE_SCALE = 0.03  # --guidance-scale: best on dev phantoms (docs/benchmarks.md)
 REFERENCE_PERCENTILE = 99.0
 # draws per kept streamline to plan batches for: the shipped model keeps about 1 in 4 of its
 # samples on held-out phantoms (README, Measured)
@@ -76,21 +76,67 @@ class SupportSettings:
 def resample_polyline(points: np.ndarray, n: int) -> np.ndarray:
     """``n`` points equally spaced in arc length along the polyline ``points`` (m, 3)."""
     points = np.asarray(points, np.float64)
-    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
-    if arc[-1] <= 0:
-        return np.repeat(points[:1], n, axis=0)
-    t = np.linspace(0.0, arc[-1], n)
-    return np.stack([np.interp(t, arc, points[:, k]) for k in range(3)], axis=1)
+    return resample_polylines(points[None], np.array([len(points)]), n)[0]
+
+
+def resample_polylines(points: np.ndarray, lengths: np.ndarray, n: int) -> np.ndarray:
+    """:func:`resample_polyline` of many polylines at once: ``points`` (N, m, 3) padded, of
+    which the first ``lengths[i]`` points of row i are the polyline -> (N, n, 3)."""
+    points = np.asarray(points, np.float64)
+    rows, m = points.shape[:2]
+    if rows == 0:
+        return np.empty((0, n, 3))
+    idx = np.minimum(np.arange(m)[None], np.asarray(lengths)[:, None] - 1)
+    pts = np.take_along_axis(points, idx[..., None], axis=1)  # padded with the last point
+    seg = np.linalg.norm(np.diff(pts, axis=1), axis=2)
+    arc = np.concatenate([np.zeros((rows, 1)), np.cumsum(seg, axis=1)], axis=1)  # (N, m)
+    t = np.linspace(0.0, 1.0, n)[None] * arc[:, -1:]
+    # one searchsorted for all rows: shift each row's arc lengths above the previous row's
+    shift = (np.arange(rows) * (arc[:, -1].max() + 1.0))[:, None]
+    j = np.searchsorted((arc + shift).ravel(), (t + shift).ravel(), side="right")
+    j = np.clip(j.reshape(rows, n) - np.arange(rows)[:, None] * m - 1, 0, max(m - 2, 0))
+    a0, a1 = np.take_along_axis(arc, j, 1), np.take_along_axis(arc, np.minimum(j + 1, m - 1), 1)
+    frac = np.where(a1 > a0, (t - a0) / np.where(a1 > a0, a1 - a0, 1.0), 0.0)[..., None]
+    p0 = np.take_along_axis(pts, j[..., None], 1)
+    p1 = np.take_along_axis(pts, np.minimum(j + 1, m - 1)[..., None], 1)
+    return p0 + frac * (p1 - p0)
+
+
+def monomial_exponents(order: int) -> np.ndarray:
+    """(k, 3) exponents (a, b, c), a + b + c = ``order``: on the unit sphere the monomials
+    x^a y^b z^c span the even real SH of orders 0..``order`` (k = their number)."""
+    return np.array([(a, b, order - a - b) for a in range(order, -1, -1)
+                     for b in range(order - a, -1, -1)])
+
+
+def monomials(directions, exponents: np.ndarray):
+    """(n, k) monomials of unit ``directions`` (n, 3) for ``exponents`` (k, 3); numpy or torch."""
+    powers = [directions ** 0, directions]
+    for _ in range(int(exponents.max()) - 1):
+        powers.append(powers[-1] * directions)
+    cols = [powers[a][:, 0] * powers[b][:, 1] * powers[c][:, 2] for a, b, c in exponents]
+    return (np.stack if isinstance(directions, np.ndarray) else _torch_stack)(cols, 1)
+
+
+def _torch_stack(cols, dim):
+    import torch
+
+    return torch.stack(cols, dim)
 
 
 class FodSupport:
     """The support test of one subject: SH volume ``sh`` (X, Y, Z, m), descoteaux07 basis, with
-    the coefficients in the RAS+ world frame, on the grid ``affine``; ``mask`` the brain mask."""
+    the coefficients in the RAS+ world frame, on the grid ``affine``; ``mask`` the brain mask.
+
+    Every step works on all streamlines (or ends) at once: trilinear interpolation is one gather
+    of the 8 neighbouring voxels' coefficients, and the SH basis along any direction is a fixed
+    linear map of its degree-``sh_order`` monomials (:func:`monomial_exponents`)."""
 
     def __init__(self, sh: np.ndarray, mask: np.ndarray, affine: np.ndarray,
                  settings: SupportSettings | None = None, sh_order: int | None = None):
+        from dipy.core.geometry import cart2sphere
         from dipy.data import get_sphere
-        from dipy.reconst.shm import order_from_ncoef, sh_to_sf_matrix
+        from dipy.reconst.shm import order_from_ncoef, real_sh_descoteaux
 
         self.settings = settings or SupportSettings()
         sh = np.asarray(sh, np.float32)
@@ -101,12 +147,23 @@ class FodSupport:
             raise ValueError("empty brain mask: no fODF support to test")
         self.sh_order = order = int(sh_order or order_from_ncoef(sh.shape[-1]))
         self.sphere = get_sphere(name="repulsion724")
-        self._B, _ = sh_to_sf_matrix(self.sphere, sh_order_max=order,
-                                     basis_type="descoteaux07", legacy=False)  # (m, V)
-        sh = np.where(mask[..., None], sh, 0.0).astype(np.float32)
-        self._coeffs = [np.ascontiguousarray(sh[..., c]) for c in range(sh.shape[-1])]
-        self._inv = np.linalg.inv(np.asarray(affine, np.float64))
-        inside = sh[mask][:: max(1, int(mask.sum()) // 200_000)]  # a fixed subsample of voxels
+        verts = self.sphere.vertices
+        _, theta, phi = cart2sphere(*verts.T)
+        basis, _, _ = real_sh_descoteaux(order, theta, phi, legacy=False)  # (V, m)
+        self._B = np.ascontiguousarray(basis.T)  # (m, V)
+        self.exponents = monomial_exponents(order)
+        # SH basis = monomials @ _mono_to_sh on the sphere (exact: the same function space)
+        self._mono_to_sh = np.linalg.lstsq(monomials(verts, self.exponents), basis, rcond=None)[0]
+        cos_cone = np.cos(np.deg2rad(self.settings.extension_cone_deg))
+        inside = verts @ verts.T >= cos_cone  # the cone around each vertex, padded with itself
+        width = int(inside.sum(1).max())
+        cone = np.argsort(~inside, axis=1, kind="stable")[:, :width]  # in-cone first, in order
+        pad = np.arange(width)[None] >= inside.sum(1)[:, None]
+        self._cone = np.where(pad, np.arange(len(verts))[:, None], cone)
+        self.sh = np.where(mask[..., None], sh, 0.0).astype(np.float32)
+        self.affine = np.asarray(affine, np.float64)
+        self._inv = np.linalg.inv(self.affine)
+        inside = self.sh[mask][:: max(1, int(mask.sum()) // 200_000)]  # a fixed voxel subsample
         peaks = np.concatenate([np.maximum(c @ self._B, 0).max(1)
                                 for c in np.array_split(inside, max(1, len(inside) // 20_000))])
         self.reference = float(np.percentile(peaks, REFERENCE_PERCENTILE))
@@ -115,50 +172,73 @@ class FodSupport:
 
     def _coefficients(self, points: np.ndarray) -> np.ndarray:
         """(n, m) SH coefficients at ``points`` (n, 3, mm): trilinear, 0 outside mask and grid."""
-        ijk = (points @ self._inv[:3, :3].T + self._inv[:3, 3]).T
-        return np.stack([ndimage.map_coordinates(v, ijk, order=1, mode="constant", cval=0.0)
-                         for v in self._coeffs], axis=1)
+        shape = np.array(self.sh.shape[:3])
+        ijk = points @ self._inv[:3, :3].T + self._inv[:3, 3]
+        inside = np.all((ijk >= 0) & (ijk <= shape - 1), axis=1)
+        i0 = np.clip(np.floor(ijk).astype(np.intp), 0, np.maximum(shape - 2, 0))
+        f = ijk - i0
+        out = np.zeros((len(points), self.sh.shape[-1]))
+        for corner in np.ndindex(2, 2, 2):
+            c = np.array(corner)
+            w = np.prod(np.where(c, f, 1.0 - f), axis=1)
+            idx = np.minimum(i0 + c, shape - 1)
+            out += w[:, None] * self.sh[idx[:, 0], idx[:, 1], idx[:, 2]]
+        out[~inside] = 0.0
+        return out
+
+    def sh_basis(self, directions: np.ndarray) -> np.ndarray:
+        """(n, m) descoteaux07 SH basis along unit ``directions`` (n, 3)."""
+        return monomials(np.asarray(directions, np.float64), self.exponents) @ self._mono_to_sh
 
     def amplitude(self, points: np.ndarray, directions: np.ndarray) -> np.ndarray:
         """fODF amplitude at ``points`` (n, 3, mm) along ``directions`` (n, 3), relative to
         :attr:`reference`."""
-        from dipy.core.geometry import cart2sphere
-        from dipy.reconst.shm import real_sh_descoteaux
+        d = np.asarray(directions, np.float64)
+        d = d / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-300)
+        return np.einsum("nm,nm->n", self._coefficients(points), self.sh_basis(d)) / self.reference
 
-        _, theta, phi = cart2sphere(*np.asarray(directions, np.float64).T)
-        basis, _, _ = real_sh_descoteaux(self.sh_order, theta, phi, legacy=False)  # (n, m)
-        return np.einsum("nm,nm->n", self._coefficients(points), basis) / self.reference
-
-    def extend(self, ends: np.ndarray, directions: np.ndarray) -> list[np.ndarray]:
-        """Follow the fODF from ``ends`` (n, 3) onward along ``directions`` (n, 3, unit): the
-        points added to each end, (k, 3) with k >= 0, in order away from the streamline."""
+    def extend(self, ends: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Follow the fODF from ``ends`` (n, 3) onward along ``directions`` (n, 3, unit), all ends
+        at once: the points added, (n, k_max, 3) in order away from the streamline, and how many
+        of them each end got, (n,)."""
         st = self.settings
-        added = [[] for _ in range(len(ends))]
-        cos_cone = np.cos(np.deg2rad(st.extension_cone_deg))
+        n_steps = int(st.max_extension_mm / st.extension_step_mm)
         verts = self.sphere.vertices
-        p, d = np.array(ends, np.float64), np.array(directions, np.float64)
+        added = np.zeros((len(ends), n_steps, 3))
+        count = np.zeros(len(ends), np.intp)
+        p = np.array(ends, np.float64)
+        vertex = np.full(len(p), -1)  # the current direction's vertex (-1: the end's own)
+        cos_cone = np.cos(np.deg2rad(st.extension_cone_deg))
         active = np.arange(len(p))
-        for _ in range(int(st.max_extension_mm / st.extension_step_mm)):
+        for k in range(n_steps):
             if not len(active):
                 break
-            amp = np.maximum(self._coefficients(p[active]) @ self._B, 0) / self.reference
-            amp[d[active] @ verts.T < cos_cone] = 0.0
-            best = np.argmax(amp, axis=1)
+            coef = self._coefficients(p[active])
+            if k == 0:  # any direction: test all vertices
+                cand = np.broadcast_to(np.arange(len(verts)), (len(active), len(verts)))
+                amp = np.maximum(coef @ self._B, 0) / self.reference
+                amp[np.asarray(directions, np.float64)[active] @ verts.T < cos_cone] = 0.0
+            else:  # along a vertex: its cone
+                cand = self._cone[vertex[active]]
+                amp = np.maximum(np.einsum("am,mak->ak", coef, self._B[:, cand]), 0)
+                amp /= self.reference
+            pick = np.argmax(amp, axis=1)
+            best = cand[np.arange(len(active)), pick]
             step = p[active] + st.extension_step_mm * verts[best]
-            go = amp[np.arange(len(active)), best] >= st.extension_threshold
-            go[go] = self.amplitude(step[go], verts[best[go]]) >= st.extension_threshold
-            moving = active[go]  # the new point must be supported too
-            p[moving] = step[go]
-            d[moving] = verts[best[go]]
-            for i in moving:
-                added[i].append(p[i].copy())
-            active = moving
-        return [np.reshape(a, (-1, 3)) for a in added]
+            go = amp[np.arange(len(active)), pick] >= st.extension_threshold
+            nxt = np.einsum("am,ma->a", self._coefficients(step[go]), self._B[:, best[go]])
+            go[go] = nxt / self.reference >= st.extension_threshold  # the new point too
+            active, best = active[go], best[go]
+            p[active], vertex[active] = step[go], best
+            added[active, count[active]] = step[go]
+            count[active] += 1
+        return added, count
 
     def profile(self, streamlines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Check points (n, k, 3) of ``streamlines`` (n, p, 3) and their relative amplitudes (n, k)."""
         k = self.settings.n_check
-        fine = np.stack([resample_polyline(s, k) for s in streamlines])
+        n, p = np.shape(streamlines)[:2]
+        fine = resample_polylines(streamlines, np.full(n, p), k)
         tangent = np.gradient(fine, axis=1)
         tangent /= np.linalg.norm(tangent, axis=2, keepdims=True) + 1e-12
         amp = self.amplitude(fine.reshape(-1, 3), tangent.reshape(-1, 3)).reshape(len(fine), k)
@@ -173,27 +253,107 @@ class FodSupport:
         fine, amp = self.profile(streamlines)
         ok = amp >= self.settings.threshold
         k = self.settings.n_check
-        kept = []
-        for s, o in zip(fine, ok):
-            idx = np.flatnonzero(o)
-            if len(idx) < 2:
-                continue
-            i0, i1 = idx[0], idx[-1]
-            if not o[i0:i1 + 1].all() or (i1 - i0) < self.settings.min_length_fraction * (k - 1):
-                continue
-            kept.append(s[i0:i1 + 1])
-        if not kept:
+        i0 = np.argmax(ok, axis=1)
+        i1 = k - 1 - np.argmax(ok[:, ::-1], axis=1)
+        keep = ((ok.sum(1) >= 2) & (ok.sum(1) == i1 - i0 + 1)  # one run, no gap
+                & (i1 - i0 >= self.settings.min_length_fraction * (k - 1)))
+        if not keep.any():
             return np.empty((0, p, 3))
+        fine, i0, i1 = fine[keep], i0[keep], i1[keep]
+        rows = np.arange(len(fine))
         if self.settings.max_extension_mm > 0:
-            heads, tails = self._extend_ends(kept)
-            kept = [np.vstack([h[::-1], s, t]) for s, h, t in zip(kept, heads, tails)]
-        return np.stack([resample_polyline(s, p) for s in kept])
+            def unit(v):
+                return v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-12)
 
-    def _extend_ends(self, kept: list[np.ndarray]):
-        def unit(v):
-            return v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-12)
+            first, last = fine[rows, i0], fine[rows, i1]
+            ends = np.concatenate([first, last])
+            dirs = np.concatenate([unit(first - fine[rows, i0 + 1]),
+                                   unit(last - fine[rows, i1 - 1])])
+            added, count = self.extend(ends, dirs)
+            heads, tails = np.split(added, 2)
+            nh, nt = np.split(count, 2)
+        else:
+            heads = tails = np.zeros((len(fine), 0, 3))
+            nh = nt = np.zeros(len(fine), np.intp)
+        # each row: its head reversed, the trimmed streamline, its tail (padded to the longest)
+        ns = i1 - i0 + 1
+        length = nh + ns + nt
+        j = np.arange(length.max())[None]
+        in_head, in_body = j < nh[:, None], j < (nh + ns)[:, None]
+        body = np.clip(i0[:, None] + j - nh[:, None], 0, k - 1)
+        pts = np.where(in_body[..., None], fine[rows[:, None], body], 0.0)
+        if heads.shape[1]:
+            h = np.clip(nh[:, None] - 1 - j, 0, heads.shape[1] - 1)
+            t = np.clip(j - (nh + ns)[:, None], 0, tails.shape[1] - 1)
+            pts = np.where(in_head[..., None], heads[rows[:, None], h], pts)
+            pts = np.where(in_body[..., None], pts, tails[rows[:, None], t])
+        return resample_polylines(pts, length, p)
 
-        first = np.array([s[0] for s in kept])
-        last = np.array([s[-1] for s in kept])
-        return (self.extend(first, unit(first - np.array([s[1] for s in kept]))),
-                self.extend(last, unit(last - np.array([s[-2] for s in kept]))))
+
+GUIDANCE_CAP = 0.25  # relative amplitude above which a point gains nothing more from guidance
+GUIDANCE_POINTS = 4  # points per segment of the predicted streamline at which it is scored
+
+
+class FodGuidance:
+    """fODF guidance of the flow sampler (*ours*; issue 16): the gradient, with respect to the
+    predicted clean streamline (model coordinates, (b, p, 3)), of its support score, the sum
+    over ``GUIDANCE_POINTS`` points per segment of min(a, ``GUIDANCE_CAP``), a the fODF amplitude
+    there along the segment (relative, as in :class:`FodSupport`), times ``scale``. Torch,
+    differentiable: trilinear weights of the 8 neighbouring voxels' coefficients in the monomial
+    basis (:func:`monomials`), so the basis along a direction is a product of its components."""
+
+    def __init__(self, support: FodSupport, lo, hi, data_scale: float, scale: float,
+                 device="cpu"):
+        import torch
+
+        if not scale > 0:
+            raise ValueError(f"the guidance scale must be positive, got {scale}")
+        self.scale = float(scale)
+        mono = support.sh @ support._mono_to_sh.T.astype(np.float32)  # (X, Y, Z, k)
+        self.vol = torch.from_numpy(np.ascontiguousarray(mono)).to(device)
+        self.exponents = support.exponents
+        self.inv = torch.as_tensor(support._inv, dtype=torch.float32, device=device)
+        lo, hi = (torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)
+                  for v in (lo, hi))
+        # model coordinates x -> mm: lo + (x / data_scale + 1) (hi - lo) / 2
+        self.mm_scale, self.mm_offset = (hi - lo) / (2 * data_scale), lo + (hi - lo) / 2
+        self.reference = support.reference
+        w = (np.arange(GUIDANCE_POINTS) + 0.5) / GUIDANCE_POINTS
+        self.along = torch.as_tensor(w, dtype=torch.float32, device=device)[None, None, :, None]
+
+    def _coefficients(self, points):
+        import torch
+
+        shape = torch.tensor(self.vol.shape[:3], device=points.device)
+        ijk = points @ self.inv[:3, :3].T + self.inv[:3, 3]
+        inside = ((ijk >= 0) & (ijk <= shape - 1)).all(-1, keepdim=True)
+        i0 = torch.minimum(torch.floor(ijk).clamp(min=0).long(), (shape - 2).clamp(min=0))
+        f = ijk - i0
+        out = 0.0
+        for corner in np.ndindex(2, 2, 2):
+            c = torch.tensor(corner, device=points.device)
+            w = torch.where(c.bool(), f, 1.0 - f).prod(-1, keepdim=True)
+            idx = torch.minimum(i0 + c, shape - 1)
+            out = out + w * self.vol[idx[:, 0], idx[:, 1], idx[:, 2]]
+        return out * inside
+
+    def score(self, x):
+        """(b,) support score of streamlines ``x`` (b, p, 3) in model coordinates."""
+        import torch
+
+        mm = x * self.mm_scale + self.mm_offset
+        seg = mm[:, 1:] - mm[:, :-1]  # (b, p - 1, 3)
+        points = mm[:, :-1, None] + self.along * seg[:, :, None]  # (b, p - 1, G, 3)
+        d = seg / (torch.linalg.norm(seg, dim=-1, keepdim=True) + 1e-6)
+        d = d[:, :, None].expand_as(points).reshape(-1, 3)
+        amp = (self._coefficients(points.reshape(-1, 3)) * monomials(d, self.exponents)).sum(-1)
+        amp = (amp / self.reference).clamp(max=GUIDANCE_CAP)
+        return amp.reshape(len(x), -1).sum(1)
+
+    def __call__(self, x1_hat):
+        import torch
+
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x1_hat.detach().float().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.score(x).sum(), x)
+        return self.scale * grad

@@ -18,6 +18,7 @@ import numpy as np
 from ..io.bids import SERIES_ENTITIES, output_prefix
 from .bundles import MANY_BUNDLES, bundle_group, grouped, sort_key
 from .html import fmt
+from .model_fit import model_fit_warning
 
 FOD_GLOB = "*_space-dwi_model-csd_param-fod_dwimap.json"
 TRACKER_NAMES = {"gentract": "GenTract", "ifod2": "MRtrix3 iFOD2", "sdstream": "MRtrix3 SD_Stream",
@@ -367,6 +368,7 @@ def _tracker_view(output_dir, series: dict, t: dict) -> dict:
             "description": side.get("Description") or side.get("Algorithm"),
             "directions_figure": rel(output_dir, fig) if fig.exists() else None,
             "mode": met.get("mode", "none"), "metric_rows": rows, "shipped_model": shipped,
+            "model_fit": model_fit_warning(side),
             "bundles": bundle_table(t["bundles"], m) if t["bundles"] else None,
             "figures": figures, "timings": [(k, fmt(v, 2)) for k, v in timings.items()]}
 
