@@ -297,3 +297,19 @@ def test_bundle_files_follow_the_output_format(cohort, gt, tmp_path, fmt):
     assert len(files) > 10
     assert {f.rsplit(".", 1)[1] for f in files} == {fmt}
     assert sum(len(load_tractogram(f)[0]) for f in files) > 0
+
+
+def test_eval_none_scores_nothing_beyond_sanity(cohort, tmp_path):
+    """``--eval none`` once failed building the workflow (exit 1, TraitError on the evaluation
+    node's mode): it must skip the truth a phantom dataset has, and build."""
+    from gentract_bids.cli.parser import parse_args
+    from gentract_bids.workflows.base import evaluation_mode
+    from gentract_bids.workflows.evaluation import init_evaluation_wf
+
+    base = [str(cohort), str(tmp_path / "out"), "participant", "--tracker", "sdstream"]
+    assert evaluation_mode(parse_args(base), "01") == "groundtruth"
+    mode = evaluation_mode(parse_args(base + ["--eval", "none"]), "01")
+    assert mode == "sanity"
+    wf = init_evaluation_wf(mode=mode, subject="01")
+    assert wf.get_node("evaluate").inputs.mode == "sanity"
+

@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", dest="eval_mode", choices=EVAL_MODES, default="auto",
                    help="auto: ground truth when the dataset has phantom-truth derivatives, atlas "
-                        "recognition when an atlas is given, else sanity metrics only")
+                        "recognition when an atlas is given, else sanity metrics only; none: no "
+                        "truth or atlas scoring even where they exist (the sanity metrics only)")
     g.add_argument("--truth-dir", type=Path, default=None,
                    help="ground-truth derivatives (default: BIDS_DIR/derivatives/phantom-truth)")
     g.add_argument("--waypoint-atlas", type=Path, default=None,

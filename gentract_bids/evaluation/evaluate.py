@@ -42,7 +42,11 @@ def truth_available(truth_dir, subject: str) -> bool:
 
 
 def resolve_mode(requested: str, *, has_truth: bool, has_atlas: bool) -> str:
-    """``auto`` -> groundtruth (phantom truth present) > atlas (an atlas given) > sanity."""
+    """``auto`` -> groundtruth (phantom truth present) > atlas (an atlas given) > sanity;
+    ``none`` -> sanity: no scoring against a truth or an atlas, only the sanity metrics that
+    every tractogram gets (its metrics file, bundle-free tables and figures)."""
+    if requested == "none":
+        return "sanity"
     if requested != "auto":
         return requested
     if has_truth:
