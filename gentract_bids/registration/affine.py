@@ -206,20 +206,23 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
     static, static_mask, static_affine = static_image(template, affine)
     kinds = {"translation": TranslationTransform3D, "rigid": RigidTransform3D,
              "affine": AffineTransform3D}
-    masks = {"static_mask": static_mask.astype(np.int32), "moving_mask": mask.astype(np.int32)}
 
     def dice_of(m):
         return mask_dice(template.mask, template.affine, mask, affine, m)
 
-    def run_stage(kind, start, levels):
+    def run_stage(kind, start, levels, image=moving, grid=affine, image_mask=mask):
+        """One stage from ``start``: the map (template mm -> mm of ``grid``) and its cost;
+        the moving image is the subject's FA unless another (``image`` on ``grid``) is given."""
         k = len(levels)
         reg = AffineRegistration(metric=MutualInformationMetric(nbins=NBINS,
                                                                 sampling_proportion=None),
                                  level_iters=list(levels), sigmas=list(SIGMAS[-k:]),
                                  factors=list(FACTORS[-k:]), verbosity=0)
-        out, _, cost = reg.optimize(static, moving, kinds[kind](), None,
-                                    static_grid2world=static_affine, moving_grid2world=affine,
-                                    starting_affine=start, ret_metric=True, **masks)
+        out, _, cost = reg.optimize(static, image, kinds[kind](), None,
+                                    static_grid2world=static_affine, moving_grid2world=grid,
+                                    starting_affine=start, ret_metric=True,
+                                    static_mask=static_mask.astype(np.int32),
+                                    moving_mask=np.asarray(image_mask).astype(np.int32))
         return np.asarray(out.affine, float), float(cost)
 
     def best_start(kind, start, levels):
@@ -241,15 +244,7 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
         moved = resample_to_grid(moving, affine, to_subject, static.shape).astype(np.float64)
         moved_mask = resample_to_grid(mask.astype(np.uint8), affine, to_subject, static.shape,
                                       order=0) > 0
-        reg = AffineRegistration(metric=MutualInformationMetric(nbins=NBINS,
-                                                                sampling_proportion=None),
-                                 level_iters=list(LEVEL_ITERS), sigmas=list(SIGMAS),
-                                 factors=list(FACTORS), verbosity=0)
-        out = reg.optimize(static, moved, AffineTransform3D(), None,
-                           static_grid2world=static_affine, moving_grid2world=static_affine,
-                           starting_affine=np.eye(4), static_mask=masks["static_mask"],
-                           moving_mask=moved_mask.astype(np.int32))
-        return np.asarray(out.affine, float)
+        return run_stage("affine", np.eye(4), level_iters, moved, static_affine, moved_mask)[0]
 
     axes = axes_start(template.mask, template.affine, mask, affine)
     matrix = np.eye(4)
