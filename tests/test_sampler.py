@@ -14,6 +14,7 @@ from dipy.reconst.shm import real_sh_descoteaux
 from test_support import AFFINE, _line, _tube_volume
 
 from gentract_bids.model.flow import FlowMatchingObjective
+from gentract_bids.model.gentract import CoordinateScaler
 from gentract_bids.model.inference import (EXPECTED_ACCEPTANCE_FILE, MODEL_FIT_RATIO,
                                            model_fit)
 from gentract_bids.model.support import (DEFAULT_GUIDANCE_SCALE, GUIDANCE_CAP, FodGuidance,
@@ -25,7 +26,7 @@ from gentract_bids.reports.model_fit import model_fit_box
 def tube():
     sup = FodSupport(*_tube_volume(), AFFINE)
     # bounds lo = -1, hi = 1 and data scale 1: model coordinates are millimetres
-    return sup, lambda scale: FodGuidance(sup, [-1] * 3, [1] * 3, 1.0, scale)
+    return sup, lambda scale: FodGuidance(sup, CoordinateScaler([-1] * 3, [1] * 3), 1.0, scale)
 
 
 def test_the_monomial_basis_is_dipys_sh_basis(tube):

@@ -154,14 +154,14 @@ def model_fit(meta: dict, acceptance: float) -> dict:
         return fit
     expected = float(entry["acceptance"])
     ratio = acceptance / expected
+    fits = ratio >= MODEL_FIT_RATIO
     fit.update(ExpectedAcceptance=expected, ExpectedFrom=entry.get("measured_on"),
-               Ratio=round(ratio, 3), Verdict="fits" if ratio >= MODEL_FIT_RATIO else
-               "does not fit")
+               Ratio=round(ratio, 3), Verdict="fits" if fits else "does not fit")
     fit["Message"] = (
         f"the fODF supports {100 * acceptance:.1f} % of this model's draws, "
-        f"{'in line with' if ratio >= MODEL_FIT_RATIO else 'far below'} the "
+        f"{'in line with' if fits else 'far below'} the "
         f"{100 * expected:.1f} % it showed on its validation phantoms"
-        + ("" if ratio >= MODEL_FIT_RATIO else
+        + ("" if fits else
            ": the model does not fit this subject, its streamlines are the few the fODF "
            "supports and may miss most bundles"))
     return fit
@@ -294,7 +294,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
 
         if support is None or sampler != "flow":
             raise UsageError("--guidance-scale needs the support filter and a flow model")
-        guidance = FodGuidance(support, scaler.lo, scaler.hi, model.config.data_scale,
+        guidance = FodGuidance(support, scaler, model.config.data_scale,
                                guidance_scale, device)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")

@@ -300,9 +300,11 @@ class FodGuidance:
     over ``GUIDANCE_POINTS`` points per segment of min(a, ``GUIDANCE_CAP``), a the fODF amplitude
     there along the segment (relative, as in :class:`FodSupport`), times ``scale``. Torch,
     differentiable: trilinear weights of the 8 neighbouring voxels' coefficients in the monomial
-    basis (:func:`monomials`), so the basis along a direction is a product of its components."""
+    basis (:func:`monomials`), so the basis along a direction is a product of its components.
+    ``scaler`` (:class:`~gentract_bids.model.gentract.CoordinateScaler`) and ``data_scale`` map
+    model coordinates to mm as the sampler's output is mapped."""
 
-    def __init__(self, support: FodSupport, lo, hi, data_scale: float, scale: float,
+    def __init__(self, support: FodSupport, scaler, data_scale: float, scale: float,
                  device="cpu"):
         import torch
 
@@ -313,10 +315,7 @@ class FodGuidance:
         self.vol = torch.from_numpy(np.ascontiguousarray(mono)).to(device)
         self.exponents = support.exponents
         self.inv = torch.as_tensor(support._inv, dtype=torch.float32, device=device)
-        lo, hi = (torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)
-                  for v in (lo, hi))
-        # model coordinates x -> mm: lo + (x / data_scale + 1) (hi - lo) / 2
-        self.mm_scale, self.mm_offset = (hi - lo) / (2 * data_scale), lo + (hi - lo) / 2
+        self.scaler, self.data_scale = scaler, float(data_scale)  # model coordinates -> mm
         self.reference = support.reference
         w = (np.arange(GUIDANCE_POINTS) + 0.5) / GUIDANCE_POINTS
         self.along = torch.as_tensor(w, dtype=torch.float32, device=device)[None, None, :, None]
@@ -341,7 +340,7 @@ class FodGuidance:
         """(b,) support score of streamlines ``x`` (b, p, 3) in model coordinates."""
         import torch
 
-        mm = x * self.mm_scale + self.mm_offset
+        mm = self.scaler.to_mm(x / self.data_scale)
         seg = mm[:, 1:] - mm[:, :-1]  # (b, p - 1, 3)
         points = mm[:, :-1, None] + self.along * seg[:, :, None]  # (b, p - 1, G, 3)
         d = seg / (torch.linalg.norm(seg, dim=-1, keepdim=True) + 1e-6)
