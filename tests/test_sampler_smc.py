@@ -131,3 +131,22 @@ def test_sample_tractogram_runs_smc_and_density_acceptance(tiny_ckpt, zscored_sh
     dens, info_d = run("d.trx", density_strength=2.0)
     assert info_d["DensityAcceptance"]["Strength"] == 2.0 and len(dens) == 40
     assert 0 < info_d["DensityAcceptance"]["MaxCellCount"] <= 40
+
+
+def test_the_options_reach_the_config_and_need_the_filter(tmp_path):
+    from gentract_bids.cli.parser import parse_args
+    from gentract_bids.errors import UsageError
+
+    args = [str(tmp_path), str(tmp_path / "out"), "participant"]
+    model = parse_args(args).model  # the defaults with the support filter, off without it
+    assert model.smc_times == [0.5] and model.density_strength == 2.0
+    model = parse_args(args + ["--support-threshold", "0"]).model
+    assert model.smc_times == [] and model.density_strength == 0.0
+    model = parse_args(args + ["--smc-times", "0", "--density-acceptance", "0"]).model
+    assert model.smc_times == [] and model.density_strength == 0.0
+    model = parse_args(args + ["--smc-times", "0.5", "--density-acceptance", "2"]).model
+    assert model.smc_times == [0.5] and model.density_strength == 2.0
+    for bad in (["--smc-times", "1.5"], ["--density-acceptance", "-1"],
+                ["--smc-times", "0.5", "--support-threshold", "0"]):
+        with pytest.raises(UsageError):
+            parse_args(args + bad)

@@ -259,7 +259,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     predicted clean streamline (:class:`~gentract_bids.model.support.FodGuidance`).
     ``smc_times`` (flow models, with ``support``): sequential Monte Carlo, the batch is resampled
     by the support of its predicted streamlines at these times in (0, 1)
-    (:func:`~gentract_bids.model.flow.smc_resample`, :class:`~gentract_bids.model.support.SupportWeight`).
+    (:func:`~gentract_bids.model.flow.smc_resample`,
+    :class:`~gentract_bids.model.support.SupportWeight`).
     ``density_strength`` > 0 (with ``support``): supported streamlines are kept by a
     density-aware acceptance (:class:`~gentract_bids.model.support.DensityAcceptance`). Returns the
     sidecar metadata: sampler, steps, seed, device,

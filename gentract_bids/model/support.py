@@ -358,6 +358,9 @@ class FodGuidance:
         return self.scale * grad
 
 
+# the app's defaults with the support filter: best on dev phantoms (docs/benchmarks.md, Sampler)
+DEFAULT_SMC_TIMES = (0.5,)  # --smc-times
+DEFAULT_DENSITY_STRENGTH = 2.0  # --density-acceptance
 DEFAULT_SMC_POWER = 4.0  # SMC weight: (supported fraction of the predicted streamline)^power
 
 
