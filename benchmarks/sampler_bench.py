@@ -75,11 +75,14 @@ def subject_setup(model_name: str, cohort: Path, label: str, register: bool = Tr
             "to_subject": to_subject, "ref_affine": mask_affine, "ref_shape": mask.shape[:3]}
 
 
-def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Path) -> dict:
+def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Path,
+            smc=(), density: float = 0.0) -> dict:
     from gentract_bids.io.tractogram import load_tractogram
     from gentract_bids.model.inference import sample_tractogram
 
     extra = {"guidance_scale": guidance} if guidance else {}
+    extra.update({"smc_times": smc} if smc else {})
+    extra.update({"density_strength": density} if density else {})
     out = workdir / "sampled.trx"
     support, filter_cpu = s["support"], [0.0]
 
@@ -104,7 +107,8 @@ def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Pa
             "batch_size": info["BatchSize"], "sampling_s": t["SamplingSeconds"],
             "support_s": t["SupportSeconds"], "support_cpu_s": filter_cpu[0], "cpu_s": cpu,
             "wall_s": wall,
-            "model_fit": info.get("ModelFit"), "streamlines": list(streamlines)}
+            "model_fit": info.get("ModelFit"), "density": info.get("DensityAcceptance"),
+            "streamlines": list(streamlines)}
 
 
 def main(argv=None) -> int:
@@ -116,6 +120,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1000, help="streamlines to keep")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--guidance", type=float, nargs="+", default=[0.0])
+    ap.add_argument("--smc", nargs="+", default=["off"], help="SMC variants: comma-separated "
+                    "times (e.g. 0.3,0.6) or off")
+    ap.add_argument("--density", type=float, nargs="+", default=[0.0],
+                    help="density-acceptance strengths (0: off)")
     ap.add_argument("--model", default="gentract_phantom")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sample-seed", type=int, default=0)
@@ -137,12 +145,15 @@ def main(argv=None) -> int:
         cohort = build_cohort(spec, st, a.out / f"seed{seed}")
         for label in labels:
             s = subject_setup(a.model, cohort, label, register=not a.isbi)
-            for g in a.guidance:
-                r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out)
+            variants = [(g, sm, d) for g in a.guidance for sm in a.smc for d in a.density]
+            for g, sm, d in variants:
+                smc = () if sm == "off" else tuple(float(t) for t in sm.split(","))
+                r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out, smc, d)
                 sl = r.pop("streamlines")
                 if not a.no_score:
                     r.update(score_run(sl, cohort, label, st.min_streamlines))
-                r.update(seed=seed, subject=label, guidance=g, n=a.n, steps=a.steps,
+                r.update(seed=seed, subject=label, guidance=g, smc=sm, density_strength=d,
+                         n=a.n, steps=a.steps,
                          threads=a.threads)
                 rows.append(r)
                 print(json.dumps({k_: (round(v, 4) if isinstance(v, float) else v)

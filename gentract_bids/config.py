@@ -86,6 +86,8 @@ class Model:
     batch_size: int | None = None  # None: from the request and free memory
     support_threshold: float | None = None  # fODF support filter (model/support.py); None: off
     guidance_scale: float = 0.0  # fODF guidance of the flow steps; 0: off (the CLI: 0.03)
+    smc_times: list[float] = field(default_factory=list)  # SMC resampling times; []: off
+    density_strength: float = 0.0  # density-aware acceptance (coverage); 0: off
 
 
 @dataclass

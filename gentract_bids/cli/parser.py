@@ -12,7 +12,8 @@ from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
 from .execution import config_file_defaults, load_bids_filters, load_plugin_file, parse_mem
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 from ..io.bids import bare_labels
-from ..model.support import DEFAULT_GUIDANCE_SCALE, DEFAULT_THRESHOLD
+from ..model.support import (DEFAULT_DENSITY_STRENGTH, DEFAULT_GUIDANCE_SCALE, DEFAULT_SMC_TIMES,
+                              DEFAULT_THRESHOLD)
 
 ANALYSIS_LEVELS = ("participant", "group")
 # the trackers a run can use: GenTract (the default) and the baselines; "none": fODF stage only
@@ -156,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guide every flow step by the fODF support of its predicted streamline "
                         f"(needs the support filter; default: {DEFAULT_GUIDANCE_SCALE} with the "
                         "filter, off without it; 0: off; docs/benchmarks.md, Sampler)")
+    g.add_argument("--smc-times", type=float, nargs="+", default=None, metavar="T",
+                   help="sequential Monte Carlo: at these flow times in (0, 1) resample the "
+                        "batch by the fODF support of its predicted streamlines (needs the "
+                        f"support filter; default: {' '.join(map(str, DEFAULT_SMC_TIMES))} "
+                        "with the filter, off without it; docs/benchmarks.md, Sampler)")
+    g.add_argument("--density-acceptance", type=float, default=None, metavar="STRENGTH",
+                   help="keep supported streamlines less often where the kept ones' endpoint "
+                        "pairs are crowded (coverage; needs the support filter; default: "
+                        f"{DEFAULT_DENSITY_STRENGTH} with the filter, off without it; 0: off)")
     g.add_argument("--registration", choices=("affine", "none"), default="affine",
                    help="how each series is brought into the model's space (the template its "
                         "checkpoint carries): affine: registered to it (dipy, mutual information: "
@@ -228,6 +238,15 @@ def parse_args(argv=None, check_paths: bool = False) -> Config:
         opts.guidance_scale = DEFAULT_GUIDANCE_SCALE if opts.support_threshold else 0.0
     if opts.guidance_scale < 0 or (opts.guidance_scale and not opts.support_threshold):
         raise UsageError("--guidance-scale must be >= 0 and needs the support filter")
+    if opts.smc_times is None:
+        opts.smc_times = list(DEFAULT_SMC_TIMES) if opts.support_threshold else []
+    if opts.density_acceptance is None:
+        opts.density_acceptance = DEFAULT_DENSITY_STRENGTH if opts.support_threshold else 0.0
+    opts.smc_times = [t for t in opts.smc_times if t != 0]  # --smc-times 0: off
+    if any(not 0 < t < 1 for t in opts.smc_times) or opts.density_acceptance < 0:
+        raise UsageError("--smc-times must lie in (0, 1), --density-acceptance >= 0")
+    if (opts.smc_times or opts.density_acceptance) and not opts.support_threshold:
+        raise UsageError("--smc-times and --density-acceptance need the support filter")
     trackers = list(dict.fromkeys(opts.tracker))
     if "none" in trackers:
         if len(trackers) > 1:
@@ -349,7 +368,8 @@ def _model_section(opts, check: bool) -> Model:
     path = resolve_model_path(opts.model).resolve()  # a path, or a shipped model's name
     model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size,
                   support_threshold=opts.support_threshold or None,
-                  guidance_scale=opts.guidance_scale)
+                  guidance_scale=opts.guidance_scale, smc_times=list(opts.smc_times),
+                  density_strength=opts.density_acceptance)
     if check:
         from ..registration.template import load_model_template
 

@@ -42,6 +42,10 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                                       desc="fODF support filter threshold; None: off")
     guidance_scale = traits.Float(0.0, usedefault=True,
                                   desc="fODF guidance of each flow step (needs the filter); 0: off")
+    smc_times = traits.List(traits.Float, usedefault=True,
+                            desc="SMC resampling times of the flow (needs the filter); []: off")
+    density_strength = traits.Float(0.0, usedefault=True,
+                                    desc="density-aware acceptance (needs the filter); 0: off")
     canonical_mask = File(exists=True, desc="brain mask on the model's grid (support filter)")
     xfm_file = File(exists=True, desc="registration (ITK affine, template mm -> subject mm): "
                     "the streamlines are mapped back to the subject through it")
@@ -96,6 +100,7 @@ class GenTractSample(SimpleInterface):
         # guidance steers flow steps only (a DDIM model samples unguided; the sidecar says so)
         flow = model_sampler(meta) == "flow"
         guidance = i.guidance_scale if support is not None and flow else 0.0
+        smc = list(i.smc_times) if support is not None and flow else []
         out = Path(f"tractogram.{i.out_format}").absolute()
         to_subject = subject_map(i.model_path, i.xfm_file if isdefined(i.xfm_file) else None)
         self._results["metadata"] = sample_tractogram(
@@ -103,7 +108,8 @@ class GenTractSample(SimpleInterface):
             n_streamlines=i.n_streamlines, ref_affine=ref.affine, ref_shape=ref.shape[:3],
             steps=optional(i.steps), sampler=optional(i.sampler),
             batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device,
-            to_subject=to_subject, guidance_scale=guidance)
+            to_subject=to_subject, guidance_scale=guidance, smc_times=smc,
+            density_strength=i.density_strength if support is not None else 0.0)
         if optional(i.step_size):
             self._results["metadata"].update(
                 resample_to_step(out, i.step_size, np.asanyarray(ref.dataobj), ref.affine))

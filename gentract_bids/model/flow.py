@@ -58,13 +58,15 @@ class FlowMatchingObjective:
 
     def sample(self, model_fn: ModelFn, shape, steps: int = 10, method: str | None = None,
                generator: torch.Generator | None = None, device="cpu",
-               guidance=None) -> Tensor:
+               guidance=None, smc=None) -> Tensor:
         """Integrate from x0 ~ N(0, I) (drawn with ``generator``) at t = 0 to t = 1.
 
         ``guidance(x1_hat) -> (b, p, 3)`` (optional) is added to each step's velocity: a
         direction that raises a score of the predicted clean streamline x1_hat = x_t + (1 − t)·v
         (classifier-style guidance on the x0 prediction; see
-        :class:`gentract_bids.model.support.FodGuidance`)."""
+        :class:`gentract_bids.model.support.FodGuidance`). ``smc = (times, weight)`` (optional):
+        sequential Monte Carlo, at the steps nearest each of ``times`` (in (0, 1)) the batch is
+        resampled by ``weight(x1_hat) -> (b,)`` (:func:`smc_resample`)."""
         gdev = generator.device if generator is not None else torch.device(device)
         x = torch.randn(tuple(shape), generator=generator, device=gdev).to(device)
 
@@ -73,4 +75,45 @@ class FlowMatchingObjective:
             v = model_fn(xt, tt).to(xt.dtype)
             return v if guidance is None else v + guidance(xt + (1.0 - t) * v).to(v.dtype)
 
-        return integrate_ode(velocity, x, steps, method or self.method)
+        method = method or self.method
+        marks = [] if not smc else sorted({k for k in (round(t * steps) for t in smc[0])
+                                           if 0 < k < steps})
+        k0 = 0
+        for k in marks:
+            x = integrate_ode(velocity, x, k - k0, method, k0 / steps, k / steps)
+            x = smc_resample(model_fn, x, k / steps, smc[1], generator)
+            k0 = k
+        return integrate_ode(velocity, x, steps - k0, method, k0 / steps, 1.0)
+
+
+def systematic_resample(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Indices (b,), non-decreasing, of a systematic resampling of ``weights`` (b,) >= 0:
+    one uniform offset, b evenly spaced points through the weights' cumulative sum."""
+    b = len(weights)
+    gdev = generator.device if generator is not None else weights.device
+    u = torch.rand((1,), generator=generator, device=gdev).to(weights.device, torch.float64)
+    cdf = torch.cumsum(weights.double(), 0)
+    points = (u + torch.arange(b, device=weights.device, dtype=torch.float64)) / b * cdf[-1]
+    return torch.searchsorted(cdf, points, right=True).clamp(max=b - 1)
+
+
+def smc_resample(model_fn: ModelFn, x: Tensor, t: float, weight: Callable[[Tensor], Tensor],
+                 generator: torch.Generator | None = None) -> Tensor:
+    """One sequential Monte Carlo step at time ``t``: weight each particle of ``x`` (b, p, 3) by
+    ``weight`` of its predicted clean streamline x1_hat = x_t + (1 − t)·v, resample
+    (:func:`systematic_resample`), and give every copy after the first of a particle fresh noise
+    on the rectified-flow path, x_t = t·x1_hat + (1 − t)·noise (diversity). Unchanged when all
+    weights are zero."""
+    b = x.shape[0]
+    gdev = generator.device if generator is not None else x.device
+    noise = torch.randn(tuple(x.shape), generator=generator, device=gdev).to(x.device, x.dtype)
+    v = model_fn(x, torch.full((b,), t * TIME_SCALE, device=x.device)).to(x.dtype)
+    x1_hat = x + (1.0 - t) * v
+    w = weight(x1_hat).to(x.device, torch.float64).clamp(min=0)
+    if not w.sum() > 0:
+        return x
+    idx = systematic_resample(w, generator)
+    dup = torch.zeros(b, dtype=torch.bool, device=x.device)
+    dup[1:] = idx[1:] == idx[:-1]
+    renoised = t * x1_hat[idx] + (1.0 - t) * noise
+    return torch.where(dup[:, None, None], renoised, x[idx])

@@ -199,11 +199,12 @@ class GenTract(nn.Module):
                        generator: torch.Generator | None = None,
                        sampler: str | None = None, flow_method: str | None = None,
                        n_points: int | None = None,
-                       volume: Tensor | None = None, guidance=None) -> Iterator[Tensor]:
+                       volume: Tensor | None = None, guidance=None,
+                       smc=None) -> Iterator[Tensor]:
         """Yield batches (b, p, 3) of streamlines in [-1, 1] until ``n_streamlines`` are made
         (``None``: full batches for as long as the caller iterates). ``batch_size`` may be a
         function called before each batch for its size (the caller sizes its last batch);
-        ``guidance`` (flow objective): see :meth:`FlowMatchingObjective.sample`.
+        ``guidance`` and ``smc`` (flow objective): see :meth:`FlowMatchingObjective.sample`.
 
         The context cache (projected context + every layer's K/V) is built once. The module is in
         eval mode (no dropout) while sampling and goes back to its previous mode afterwards."""
@@ -226,14 +227,14 @@ class GenTract(nn.Module):
                     raise ValueError("sampling needs a context of batch 1")
                 shape = (b, p, 3)
                 if self.config.objective == "diffusion":
-                    if guidance is not None:
-                        raise ValueError("fODF guidance needs a flow-matching model")
+                    if guidance is not None or smc:
+                        raise ValueError("fODF guidance and SMC need a flow-matching model")
                     out = self.objective.sample(fn, shape, steps=steps, generator=generator,
                                                 device=device)
                 else:
                     out = self.objective.sample(fn, shape, steps=steps, method=flow_method,
                                                 generator=generator, device=device,
-                                                guidance=guidance)
+                                                guidance=guidance, smc=smc)
                 done += b
                 yield out / self.config.data_scale
         finally:

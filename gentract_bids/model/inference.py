@@ -238,7 +238,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                       ref_affine, ref_shape, steps: int | None = None, sampler: str | None = None,
                       batch_size: int | None = None, seed: int = 0, device: str = "cpu",
                       context: torch.Tensor | None = None, support=None,
-                      to_subject=None, guidance_scale: float = 0.0) -> dict:
+                      to_subject=None, guidance_scale: float = 0.0, smc_times=(),
+                      density_strength: float = 0.0) -> dict:
     """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
 
     ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (with a
@@ -255,7 +256,13 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     subject's mm (:func:`gentract_bids.registration.template.subject_map`); the streamlines are
     sampled and filtered in model coordinates and written through it. ``guidance_scale`` > 0
     (flow models, with ``support``): every flow step is guided by the fODF support of its
-    predicted clean streamline (:class:`~gentract_bids.model.support.FodGuidance`). Returns the
+    predicted clean streamline (:class:`~gentract_bids.model.support.FodGuidance`).
+    ``smc_times`` (flow models, with ``support``): sequential Monte Carlo, the batch is resampled
+    by the support of its predicted streamlines at these times in (0, 1)
+    (:func:`~gentract_bids.model.flow.smc_resample`,
+    :class:`~gentract_bids.model.support.SupportWeight`).
+    ``density_strength`` > 0 (with ``support``): supported streamlines are kept by a
+    density-aware acceptance (:class:`~gentract_bids.model.support.DensityAcceptance`). Returns the
     sidecar metadata: sampler, steps, seed, device,
     counts, timings, streamlines per second and peak memory."""
     out_file = Path(out_file)
@@ -296,6 +303,21 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
             raise UsageError("--guidance-scale needs the support filter and a flow model")
         guidance = FodGuidance(support, scaler, model.config.data_scale,
                                guidance_scale, device)
+    smc = None
+    if smc_times:
+        from .support import SupportWeight
+
+        if support is None or sampler != "flow":
+            raise UsageError("--smc-times needs the support filter and a flow model")
+        smc = (tuple(float(t) for t in smc_times),
+               SupportWeight(support, scaler, model.config.data_scale))
+    density = None
+    if density_strength:
+        from .support import DensityAcceptance
+
+        if support is None:
+            raise UsageError("--density-acceptance needs the support filter")
+        density = DensityAcceptance(density_strength, seed=int(seed))
     generator = torch.Generator(device=device).manual_seed(int(seed))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else nullcontext())
@@ -319,7 +341,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
             the rest needs (x LAST_BATCH_MARGIN), never more than max_drawn allows."""
             if support is None:
                 return batch_size
-            rate = accepted / drawn if drawn else prior
+            rate = done / drawn if drawn else prior
             want = batch_size if rate <= 0 else int(np.ceil(
                 (n_streamlines - done) / rate * LAST_BATCH_MARGIN))
             return max(1, min(batch_size, max(MIN_BATCH, want), int(max_drawn - drawn)))
@@ -328,13 +350,15 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
             for batch in model.sample_batches(context, None if support else n_streamlines,
                                               steps=steps, batch_size=next_size,
                                               generator=generator, volume=volume,
-                                              guidance=guidance):
+                                              guidance=guidance, smc=smc):
                 mm = scaler.to_mm(batch.float().cpu().numpy().astype(np.float64))
                 drawn += len(mm)
                 if support is not None:
                     ts = time.perf_counter()
                     mm = support.filter(mm)
                     accepted += len(mm)
+                    if density is not None and len(mm):
+                        mm = mm[density.accept(mm, n_streamlines - done)]
                     mm = mm[:n_streamlines - done]
                     t_support += time.perf_counter() - ts
                 if to_subject is not None and len(mm):
@@ -399,6 +423,12 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                      {"Scale": float(guidance_scale), "Term": "fODF support of the predicted "
                       "clean streamline (min(amplitude, cap), summed along it)",
                       "Cap": GUIDANCE_CAP}),
+        "SequentialMonteCarlo": (None if smc is None else
+                                 {"Times": list(smc[0]), "WeightPower": smc[1].power}),
+        "DensityAcceptance": (None if density is None else
+                              {"Strength": density.strength, "CellMillimetres": density.cell_mm,
+                               "Cells": len(density.counts),
+                               "MaxCellCount": density.max_count()}),
         "PointsPerStreamline": int(p),
         "ModelToSubject": None if to_subject is None else np.round(to_subject, 6).tolist(),
         "Timings": {"ContextSeconds": round(t_context, 3), "SamplingSeconds": round(t_sample, 3),

@@ -356,3 +356,78 @@ class FodGuidance:
             x = x1_hat.detach().float().clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.score(x).sum(), x)
         return self.scale * grad
+
+
+# the app's defaults with the support filter: best on dev phantoms (docs/benchmarks.md, Sampler)
+DEFAULT_SMC_TIMES = (0.5,)  # --smc-times
+DEFAULT_DENSITY_STRENGTH = 2.0  # --density-acceptance
+DEFAULT_SMC_POWER = 4.0  # SMC weight: (supported fraction of the predicted streamline)^power
+
+
+class SupportWeight:
+    """Sequential Monte Carlo weight (*ours*; issue 16) of predicted clean streamlines (model
+    coordinates, (b, p, 3) torch): ``eps`` + f^``power``, f the fraction of the
+    :class:`FodSupport` check points where the fODF supports it (the filter's test)."""
+
+    def __init__(self, support: FodSupport, scaler, data_scale: float,
+                 power: float = DEFAULT_SMC_POWER, eps: float = 1e-3):
+        self.support, self.scaler, self.data_scale = support, scaler, float(data_scale)
+        self.power, self.eps = float(power), float(eps)
+
+    def fraction(self, x) -> np.ndarray:
+        mm = self.scaler.to_mm(x.detach().float().cpu().numpy().astype(np.float64)
+                               / self.data_scale)
+        _, amp = self.support.profile(mm)
+        return (amp >= self.support.settings.threshold).mean(1)
+
+    def __call__(self, x):
+        import torch
+
+        return torch.from_numpy(self.eps + self.fraction(x) ** self.power)
+
+
+DEFAULT_DENSITY_CELL_MM = 8.0
+
+
+class DensityAcceptance:
+    """Density-aware acceptance for coverage (*ours*; issue 16): each candidate's endpoint pair
+    (the two end points, in a fixed order, binned into ``cell_mm`` cubes) is a cell of the kept
+    pool's endpoint-pair histogram; a candidate is kept with probability
+    min(1, ((m + 1) / (c + 1))^``strength``), c its cell's count so far and m the mean count of
+    the occupied cells, so crowded cells (bundle cores) give way to sparse ones. Candidates are
+    taken in order, drawn from ``numpy.random.default_rng(seed)``: deterministic."""
+
+    def __init__(self, strength: float = 1.0, cell_mm: float = DEFAULT_DENSITY_CELL_MM,
+                 seed: int = 0):
+        if not strength > 0 or not cell_mm > 0:
+            raise ValueError("density acceptance: strength and cell size must be positive")
+        self.strength, self.cell_mm = float(strength), float(cell_mm)
+        self.rng = np.random.default_rng(seed)
+        self.counts: dict = {}
+        self.total = 0
+
+    def cells(self, streamlines: np.ndarray) -> list:
+        a = np.floor(streamlines[:, 0] / self.cell_mm).astype(np.int64)
+        b = np.floor(streamlines[:, -1] / self.cell_mm).astype(np.int64)
+        first = [tuple(x) for x in a]
+        last = [tuple(x) for x in b]
+        return [(f, e) if f <= e else (e, f) for f, e in zip(first, last)]
+
+    def accept(self, streamlines: np.ndarray, limit: int | None = None) -> np.ndarray:
+        """Boolean mask of the candidates (n, p, 3) kept (at most ``limit``); the kept ones
+        join the histogram."""
+        u = self.rng.random(len(streamlines))
+        keep = np.zeros(len(streamlines), bool)
+        for i, cell in enumerate(self.cells(streamlines)):
+            if limit is not None and keep.sum() >= limit:
+                break
+            c = self.counts.get(cell, 0)
+            m = self.total / len(self.counts) if self.counts else 0.0
+            if u[i] < min(1.0, ((m + 1) / (c + 1)) ** self.strength):
+                keep[i] = True
+                self.counts[cell] = c + 1
+                self.total += 1
+        return keep
+
+    def max_count(self) -> int:
+        return max(self.counts.values(), default=0)

@@ -234,7 +234,8 @@ def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: boo
             n_streamlines=wcfg.n_streamlines, sampler=mcfg.sampler, steps=mcfg.steps,
             batch_size=mcfg.batch_size, seed=config.seeds.torch % (2**63), device=device,
             output_format=wcfg.output_format, support_threshold=mcfg.support_threshold,
-            guidance_scale=mcfg.guidance_scale, registered=wcfg.registration == "affine",
+            guidance_scale=mcfg.guidance_scale, smc_times=mcfg.smc_times,
+            density_strength=mcfg.density_strength, registered=wcfg.registration == "affine",
             step_size=wcfg.step_size,
             mem_gb=hints["sample"],
         )

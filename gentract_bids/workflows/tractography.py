@@ -85,6 +85,8 @@ def init_gentract_tractography_wf(
     output_format: str = "trx",
     support_threshold: float | None = None,
     guidance_scale: float = 0.0,
+    smc_times=(),
+    density_strength: float = 0.0,
     registered: bool = False,
     step_size: float | None = 1.0,
     mem_gb: float = 1.0,
@@ -111,7 +113,9 @@ def init_gentract_tractography_wf(
                                     batch_size=batch_size, random_seed=seed, device=device,
                                     out_format=output_format,
                                     support_threshold=support_threshold,
-                                    guidance_scale=guidance_scale, step_size=step_size),
+                                    guidance_scale=guidance_scale, step_size=step_size,
+                                    smc_times=list(smc_times),
+                                    density_strength=density_strength),
                      name="sample", mem_gb=mem_gb)  # the sampler's batches stay inside --mem
     links = [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]
     if support_threshold:

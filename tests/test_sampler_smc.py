@@ -1,0 +1,152 @@
+"""Sequential Monte Carlo inside the flow sampler and the density-aware acceptance (issue 16):
+systematic resampling, re-noised duplicates, a better supported batch, fewer crowded cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_inference import tiny_ckpt, zscored_sh  # noqa: F401 (fixtures)
+from test_support import AFFINE, _line, _tube_volume
+
+from gentract_bids.model.flow import FlowMatchingObjective, smc_resample, systematic_resample
+from gentract_bids.model.gentract import CoordinateScaler
+from gentract_bids.model.support import DensityAcceptance, FodSupport, SupportWeight
+
+INSIDE = torch.as_tensor(_line([-20, 0, 0], [20, 0, 0]), dtype=torch.float32)  # in the tube
+BESIDE = torch.as_tensor(_line([-20, 14, 0], [20, 14, 0]), dtype=torch.float32)  # no fibres
+
+
+@pytest.fixture(scope="module")
+def weight():
+    sup = FodSupport(*_tube_volume(), AFFINE)
+    # bounds -1, 1 and data scale 1: model coordinates are millimetres
+    return sup, SupportWeight(sup, CoordinateScaler([-1] * 3, [1] * 3), 1.0)
+
+
+def two_lines(x_t, t1000):
+    """The exact rectified flow to one of two lines: the one the particle's mean y is nearer,
+    in the tube or beside it (half of the noise goes to each)."""
+    t = (t1000 / 1000.0).view(-1, 1, 1)
+    inside = x_t[..., 1].mean(1) < 7.0 * t.view(-1)
+    target = torch.where(inside[:, None, None], INSIDE, BESIDE)
+    return (target - x_t) / (1 - t).clamp(min=1e-3)
+
+
+def test_systematic_resampling_copies_in_proportion_to_the_weights():
+    gen = torch.Generator().manual_seed(0)
+    idx = systematic_resample(torch.tensor([0.0, 1.0, 0.0, 3.0]), gen)
+    assert idx.tolist() == [1, 3, 3, 3]
+    idx = systematic_resample(torch.rand(1000, generator=gen) ** 4, gen)
+    assert (idx[1:] >= idx[:-1]).all() and len(idx) == 1000
+
+
+def test_duplicates_are_renoised_on_the_path_to_their_prediction():
+    x = torch.randn((8, 12, 3), generator=torch.Generator().manual_seed(1))
+    target = INSIDE
+
+    def fn(x_t, t1000):
+        return (target - x_t) / (1 - t1000.view(-1, 1, 1) / 1000.0)
+
+    only_first = lambda x1: torch.tensor([1.0] + [0.0] * 7)  # noqa: E731
+    out = smc_resample(fn, x, 0.5, only_first, torch.Generator().manual_seed(2))
+    assert torch.equal(out[0], x[0])  # the first copy is the particle itself
+    # the others: fresh noise on the straight path to the same predicted streamline, x1_hat
+    assert len({tuple(r.flatten().tolist()) for r in out}) == 8
+    x1_hat = out + 0.5 * fn(out, torch.full((8,), 500.0))
+    torch.testing.assert_close(x1_hat, target.expand(8, -1, -1), rtol=0, atol=1e-5)
+    assert torch.equal(smc_resample(fn, x, 0.5, lambda x1: torch.zeros(8)), x)  # no weight
+
+
+def test_smc_raises_the_support_of_a_batch(weight):
+    sup, w = weight
+    flow = FlowMatchingObjective()
+
+    def run(smc, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        return flow.sample(two_lines, (64, 12, 3), steps=10, generator=gen, smc=smc)
+
+    plain, smc = run(None), run(((0.3, 0.6), w))
+    kept = {k: len(sup.filter(v.double().numpy())) for k, v in (("plain", plain), ("smc", smc))}
+    assert 16 < kept["plain"] < 48  # about half of the noise flows to the unsupported line
+    assert kept["smc"] >= 60 and kept["smc"] > kept["plain"] + 20
+    assert w.fraction(smc).mean() > w.fraction(plain).mean() + 0.3
+    torch.testing.assert_close(run(((0.3, 0.6), w)), smc, rtol=0, atol=0)  # seeded
+    assert not torch.equal(run(((0.3, 0.6), w), seed=1), smc)
+
+
+def _pool(n, rng):
+    """n candidates: 80 % share one endpoint-pair cell, the rest spread over 40 others."""
+    a = np.zeros((n, 3))
+    crowd = rng.random(n) < 0.8
+    a[~crowd, 1] = 20.0 * rng.integers(1, 41, (~crowd).sum())
+    b = a + [40.0, 0, 0]
+    return np.stack([a + rng.normal(0, 1, (n, 3)), b + rng.normal(0, 1, (n, 3))], 1) + 4.0
+
+
+def test_density_acceptance_lowers_the_max_cell_count():
+    rng = np.random.default_rng(0)
+    off = DensityAcceptance(1.0)
+    plain = _pool(300, rng)
+    off.counts = {}
+    for cell in off.cells(plain[:200]):  # no density acceptance: the first 200 candidates
+        off.counts[cell] = off.counts.get(cell, 0) + 1
+    on, kept = DensityAcceptance(1.0, seed=3), 0
+    while kept < 200:
+        kept += on.accept(_pool(300, rng), limit=200 - kept).sum()
+    assert kept == on.total == 200
+    assert off.max_count() > 140 and on.max_count() < off.max_count() / 2
+    assert len(on.counts) > len(off.counts) + 3
+    again = DensityAcceptance(1.0, seed=3)
+    np.testing.assert_array_equal(again.accept(plain), DensityAcceptance(1.0, seed=3)
+                                  .accept(plain))
+    with pytest.raises(ValueError):
+        DensityAcceptance(0.0)
+
+
+def test_sample_tractogram_runs_smc_and_density_acceptance(tiny_ckpt, zscored_sh, tmp_path):
+    from test_support import _half_space_support
+
+    from gentract_bids.io.tractogram import load_tractogram
+    from gentract_bids.model.inference import load_model, sh_tensor, sample_tractogram
+
+    model, meta = load_model(tiny_ckpt)
+    support, _, affine, mask = _half_space_support(meta)
+    with torch.inference_mode():
+        context = model.encode_context(sh_tensor(model, zscored_sh))
+
+    def run(name, **kw):
+        info = sample_tractogram(model, meta, zscored_sh, tmp_path / name, n_streamlines=40,
+                                 ref_affine=affine, ref_shape=mask.shape, seed=5,
+                                 batch_size=64, support=support, context=context, **kw)
+        return np.stack(load_tractogram(tmp_path / name)[0]), info
+
+    plain, info = run("a.trx")
+    assert info["SequentialMonteCarlo"] is None and info["DensityAcceptance"] is None
+    smc, info_s = run("s.trx", smc_times=(0.3, 0.6))
+    assert info_s["SequentialMonteCarlo"]["Times"] == [0.3, 0.6] and len(smc) == 40
+    assert not np.allclose(smc, plain)
+    np.testing.assert_array_equal(run("s2.trx", smc_times=(0.3, 0.6))[0], smc)
+    dens, info_d = run("d.trx", density_strength=2.0)
+    assert info_d["DensityAcceptance"]["Strength"] == 2.0 and len(dens) == 40
+    assert 0 < info_d["DensityAcceptance"]["MaxCellCount"] <= 40
+
+
+def test_the_options_reach_the_config_and_need_the_filter(tmp_path):
+    from gentract_bids.cli.parser import parse_args
+    from gentract_bids.errors import UsageError
+
+    args = [str(tmp_path), str(tmp_path / "out"), "participant"]
+    model = parse_args(args).model  # the defaults with the support filter, off without it
+    assert model.smc_times == [0.5] and model.density_strength == 2.0
+    model = parse_args(args + ["--support-threshold", "0"]).model
+    assert model.smc_times == [] and model.density_strength == 0.0
+    model = parse_args(args + ["--smc-times", "0", "--density-acceptance", "0"]).model
+    assert model.smc_times == [] and model.density_strength == 0.0
+    model = parse_args(args + ["--smc-times", "0.5", "--density-acceptance", "2"]).model
+    assert model.smc_times == [0.5] and model.density_strength == 2.0
+    for bad in (["--smc-times", "1.5"], ["--density-acceptance", "-1"],
+                ["--smc-times", "0.5", "--support-threshold", "0"]):
+        with pytest.raises(UsageError):
+            parse_args(args + bad)
