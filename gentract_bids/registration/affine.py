@@ -318,20 +318,16 @@ def register_to_template(fa, affine, mask, template, *, pipeline=PIPELINE,
                        "start": start})
         if note != "kept":
             LOG.warning("%s: registration stage %s: %s (Dice %.2f)", name, kind, note, d)
-    if REFINE:
-        cand = matrix @ refine_pass(matrix)
+    last = ((REFINE, "affine on the template grid", lambda m: m @ refine_pass(m)),
+            (bool(SYN_ITERS), "least-squares affine of a SyN map",
+             lambda m: syn_affine(static, static_mask, static_affine, moving, mask, affine, m)))
+    for on, stage, run in last:  # each kept only if the overlap does not fall
+        if not on:
+            continue
+        cand = run(matrix)
         d = dice_of(cand)
         note = "kept" if d >= best - MAX_DICE_DROP else "left out (the overlap fell)"
-        stages.append({"stage": "affine on the template grid", "dice": round(float(d), 4),
-                       "result": note})
-        if note == "kept":
-            matrix = cand
-    if SYN_ITERS:
-        cand = syn_affine(static, static_mask, static_affine, moving, mask, affine, matrix)
-        d = dice_of(cand)
-        note = "kept" if d >= best - MAX_DICE_DROP else "left out (the overlap fell)"
-        stages.append({"stage": "least-squares affine of a SyN map", "dice": round(float(d), 4),
-                       "result": note})
+        stages.append({"stage": stage, "dice": round(float(d), 4), "result": note})
         if note == "kept":
             matrix = cand
     dice = dice_of(matrix)
