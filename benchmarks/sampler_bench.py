@@ -71,18 +71,35 @@ def subject_setup(model_name: str, cohort: Path, label: str, register: bool = Tr
                                           cfg.grid_shape, to_subject=to_subject)
     z = zscore(sh_c, np.asarray(meta["zscore"]["mean"]), np.asarray(meta["zscore"]["std"]),
                mask_c)
-    return {"net": net, "meta": meta, "z": z, "support": fod_support(meta, z, mask_c, affine_c),
+    return {"net": net, "meta": meta, "z": z, "model_name": model_name, "support": fod_support(meta, z, mask_c, affine_c),
             "to_subject": to_subject, "ref_affine": mask_affine, "ref_shape": mask.shape[:3]}
 
 
+def connectivity_variant(spec: str, s: dict, ends):
+    """``off``, ``model`` (the prior the checkpoint carries) or ``CELL:REACH`` (a prior of that
+    cell size and reach from ``--connectivity-ends``)."""
+    from gentract_bids.model.connectivity import ConnectivityPrior, load_connectivity
+    from gentract_bids.model.inference import resolve_model_path
+
+    if spec == "off":
+        return None
+    if spec == "model":
+        return load_connectivity(resolve_model_path(s["model_name"]), s["meta"])
+    if ends is None:
+        raise SystemExit("--connectivity CELL:REACH needs --connectivity-ends")
+    cell, reach = spec.split(":")
+    return ConnectivityPrior.from_streamlines(ends, float(cell), int(reach))
+
+
 def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Path,
-            smc=(), density: float = 0.0) -> dict:
+            smc=(), density: float = 0.0, connectivity=None) -> dict:
     from gentract_bids.io.tractogram import load_tractogram
     from gentract_bids.model.inference import sample_tractogram
 
     extra = {"guidance_scale": guidance} if guidance else {}
     extra.update({"smc_times": smc} if smc else {})
     extra.update({"density_strength": density} if density else {})
+    extra.update({"connectivity": connectivity} if connectivity is not None else {})
     out = workdir / "sampled.trx"
     support, filter_cpu = s["support"], [0.0]
 
@@ -108,6 +125,7 @@ def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Pa
             "support_s": t["SupportSeconds"], "support_cpu_s": filter_cpu[0], "cpu_s": cpu,
             "wall_s": wall,
             "model_fit": info.get("ModelFit"), "density": info.get("DensityAcceptance"),
+            "connectivity": info.get("ConnectivityPrior"),
             "streamlines": list(streamlines)}
 
 
@@ -124,6 +142,14 @@ def main(argv=None) -> int:
                     "times (e.g. 0.3,0.6) or off")
     ap.add_argument("--density", type=float, nargs="+", default=[0.0],
                     help="density-acceptance strengths (0: off)")
+    ap.add_argument("--connectivity", nargs="+", default=["off"], help="connectivity-prior "
+                    "variants: off, model (the checkpoint's) or CELL:REACH (from "
+                    "--connectivity-ends)")
+    ap.add_argument("--connectivity-ends", type=Path, help="training ends (.npy, "
+                    "scripts/build_connectivity.py --ends)")
+    ap.add_argument("--anatomy", choices=("tubes", "human"), default="tubes",
+                    help="the base cohort's anatomy (human: 72 TractSeg bundles in scanner "
+                         "space; use --model gentract_human_phantom)")
     ap.add_argument("--model", default="gentract_phantom")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sample-seed", type=int, default=0)
@@ -137,22 +163,29 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     rows = []
+    ends = None if a.connectivity_ends is None else np.load(a.connectivity_ends)
     for seed in a.seed:
         labels = a.labels or [f"{k + 1:02d}" for k in range(a.subjects)]
-        st = Settings(n_subjects=max(2, len(labels), *map(int, labels)), seed=seed)
+        st = Settings(n_subjects=max(2, len(labels), *map(int, labels)), seed=seed,
+                      anatomy=a.anatomy)
         spec = (CohortSpec("isbi", st.clean_snr, st.clean_voxel_size, str(ISBI_GEOMETRY))
-                if a.isbi else CohortSpec("base", st.clean_snr, st.clean_voxel_size))
+                if a.isbi else
+                CohortSpec("human-base" if a.anatomy == "human" else "base", st.clean_snr,
+                           st.clean_voxel_size, anatomy=a.anatomy))
         cohort = build_cohort(spec, st, a.out / f"seed{seed}")
         for label in labels:
             s = subject_setup(a.model, cohort, label, register=not a.isbi)
-            variants = [(g, sm, d) for g in a.guidance for sm in a.smc for d in a.density]
-            for g, sm, d in variants:
+            variants = [(g, sm, d, c) for g in a.guidance for sm in a.smc for d in a.density
+                        for c in a.connectivity]
+            for g, sm, d, c in variants:
                 smc = () if sm == "off" else tuple(float(t) for t in sm.split(","))
-                r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out, smc, d)
+                r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out, smc, d,
+                            connectivity_variant(c, s, ends))
                 sl = r.pop("streamlines")
                 if not a.no_score:
                     r.update(score_run(sl, cohort, label, st.min_streamlines))
                 r.update(seed=seed, subject=label, guidance=g, smc=sm, density_strength=d,
+                         connectivity_variant=c,
                          n=a.n, steps=a.steps,
                          threads=a.threads)
                 rows.append(r)

@@ -88,6 +88,7 @@ class Model:
     guidance_scale: float = 0.0  # fODF guidance of the flow steps; 0: off (the CLI: 0.03)
     smc_times: list[float] = field(default_factory=list)  # SMC resampling times; []: off
     density_strength: float = 0.0  # density-aware acceptance (coverage); 0: off
+    connectivity_prior: bool = False  # the checkpoint's endpoint-pair prior (the CLI: on)
 
 
 @dataclass

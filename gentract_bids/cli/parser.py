@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep supported streamlines less often where the kept ones' endpoint "
                         "pairs are crowded (coverage; needs the support filter; default: "
                         f"{DEFAULT_DENSITY_STRENGTH} with the filter, off without it; 0: off)")
+    g.add_argument("--connectivity-prior", choices=("on", "off"), default="off",
+                   help="reject supported streamlines whose two ends join places that no "
+                        "streamline of the model's training cohort joins (the checkpoint's "
+                        "endpoint-pair prior, model/connectivity.py; needs the support filter "
+                        "and a checkpoint that carries one; default: %(default)s: not yet measured on held-out "
+                        "cohorts, docs/benchmarks.md)")
     g.add_argument("--registration", choices=("affine", "none"), default="affine",
                    help="how each series is brought into the model's space (the template its "
                         "checkpoint carries): affine: registered to it (dipy, mutual information: "
@@ -369,7 +375,9 @@ def _model_section(opts, check: bool) -> Model:
     model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size,
                   support_threshold=opts.support_threshold or None,
                   guidance_scale=opts.guidance_scale, smc_times=list(opts.smc_times),
-                  density_strength=opts.density_acceptance)
+                  density_strength=opts.density_acceptance,
+                  connectivity_prior=(opts.connectivity_prior == "on"
+                                      and bool(opts.support_threshold)))
     if check:
         from ..registration.template import load_model_template
 

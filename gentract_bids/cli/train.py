@@ -250,10 +250,20 @@ def train(opts) -> dict:
     ctx.timings["fodf_seconds"] = round(t_fod, 1)  # with the registrations when registering
     results: dict = {}
 
+    from ..model.connectivity import ConnectivityPrior, connectivity_path
+
+    prior = ConnectivityPrior.from_streamlines(  # the training subjects' ends, model space
+        [data.subjects[lab].streamlines for lab in split["train"]])
+
     def checkpoint(step=None):
+        from ..io.checkpoint import file_sha256
         from ..registration.template import save_model_template
 
+        conn = prior.save(connectivity_path(run_dir / "checkpoint" / "gentract"))
         meta = {
+            "connectivity": {"file": conn.name, "sha256": file_sha256(conn),
+                             "learned_from": "reference streamlines of the training subjects",
+                             **prior.as_dict()},
             "template": (None if template is None else
                          {**save_model_template(run_dir / "checkpoint" / "gentract", template),
                           "registered_training": register}),

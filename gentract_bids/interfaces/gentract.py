@@ -46,6 +46,9 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                             desc="SMC resampling times of the flow (needs the filter); []: off")
     density_strength = traits.Float(0.0, usedefault=True,
                                     desc="density-aware acceptance (needs the filter); 0: off")
+    connectivity_prior = traits.Bool(False, usedefault=True,
+                                     desc="the checkpoint's endpoint-pair prior, when it carries "
+                                          "one (needs the filter)")
     canonical_mask = File(exists=True, desc="brain mask on the model's grid (support filter)")
     xfm_file = File(exists=True, desc="registration (ITK affine, template mm -> subject mm): "
                     "the streamlines are mapped back to the subject through it")
@@ -80,7 +83,9 @@ class GenTractSample(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..logs import worker_logging
-        from ..model.inference import fod_support, load_model, model_sampler, sample_tractogram
+        from ..model.connectivity import load_connectivity
+        from ..model.inference import (fod_support, load_model, model_sampler,
+                                       resolve_model_path, sample_tractogram)
         from ..registration.template import subject_map
 
         worker_logging()  # progress lines reach the console from a MultiProc worker too
@@ -101,6 +106,8 @@ class GenTractSample(SimpleInterface):
         flow = model_sampler(meta) == "flow"
         guidance = i.guidance_scale if support is not None and flow else 0.0
         smc = list(i.smc_times) if support is not None and flow else []
+        prior = (load_connectivity(resolve_model_path(i.model_path), meta)
+                 if support is not None and i.connectivity_prior else None)
         out = Path(f"tractogram.{i.out_format}").absolute()
         to_subject = subject_map(i.model_path, i.xfm_file if isdefined(i.xfm_file) else None)
         self._results["metadata"] = sample_tractogram(
@@ -109,7 +116,8 @@ class GenTractSample(SimpleInterface):
             steps=optional(i.steps), sampler=optional(i.sampler),
             batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device,
             to_subject=to_subject, guidance_scale=guidance, smc_times=smc,
-            density_strength=i.density_strength if support is not None else 0.0)
+            density_strength=i.density_strength if support is not None else 0.0,
+            connectivity=prior)
         if optional(i.step_size):
             self._results["metadata"].update(
                 resample_to_step(out, i.step_size, np.asanyarray(ref.dataobj), ref.affine))

@@ -40,8 +40,8 @@ SHIPPED_MODEL = HUMAN_MODEL  # the app's default
 # metadata_sha256 of each shipped checkpoint: its JSON records the weights' and the template's
 # sha256, so this pins all three files (an edited JSON whose checksum was recomputed is caught too)
 SHIPPED_CHECKSUMS = {
-    "gentract_human_phantom": "2f30cb2dd0f66f195090ce046313be9bdb373c5d10444f7fd6be43c24acdb854",
-    "gentract_phantom": "6103f5b30e61cf1e7b1c8ca6383ec030392d28e3c22a8da4e69befeb5df910ab",
+    "gentract_human_phantom": "e099e5aeb832bd4c6c54f3742d68d65e921b041909758cfc69c093b0007ccc06",
+    "gentract_phantom": "6ff0a0e2e4646f49a81db64a924088f0eed7e64e69d7b38217f7534bb344aecc",
 }
 # the support filter's acceptance each shipped model showed on its dev cohort (ModelFit)
 EXPECTED_ACCEPTANCE_FILE = SHIPPED_MODELS_DIR / "expected_acceptance.json"
@@ -239,7 +239,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                       batch_size: int | None = None, seed: int = 0, device: str = "cpu",
                       context: torch.Tensor | None = None, support=None,
                       to_subject=None, guidance_scale: float = 0.0, smc_times=(),
-                      density_strength: float = 0.0) -> dict:
+                      density_strength: float = 0.0, connectivity=None) -> dict:
     """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
 
     ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (with a
@@ -262,7 +262,10 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     (:func:`~gentract_bids.model.flow.smc_resample`,
     :class:`~gentract_bids.model.support.SupportWeight`).
     ``density_strength`` > 0 (with ``support``): supported streamlines are kept by a
-    density-aware acceptance (:class:`~gentract_bids.model.support.DensityAcceptance`). Returns the
+    density-aware acceptance (:class:`~gentract_bids.model.support.DensityAcceptance`).
+    ``connectivity`` (a :class:`~gentract_bids.model.connectivity.ConnectivityPrior`, with
+    ``support``): supported streamlines whose endpoint pair the training cohort never joins are
+    rejected, and weigh almost nothing in the SMC resampling. Returns the
     sidecar metadata: sampler, steps, seed, device,
     counts, timings, streamlines per second and peak memory."""
     out_file = Path(out_file)
@@ -310,7 +313,10 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         if support is None or sampler != "flow":
             raise UsageError("--smc-times needs the support filter and a flow model")
         smc = (tuple(float(t) for t in smc_times),
-               SupportWeight(support, scaler, model.config.data_scale))
+               SupportWeight(support, scaler, model.config.data_scale,
+                             connectivity=connectivity))
+    if connectivity is not None and support is None:
+        raise UsageError("the connectivity prior needs the support filter")
     density = None
     if density_strength:
         from .support import DensityAcceptance
@@ -327,7 +333,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         positions = np.memmap(tmp / "positions.3.float32", dtype=np.float32, mode="w+",
                               shape=(n_streamlines * p, 3))
         t1 = time.perf_counter()
-        done = drawn = accepted = 0
+        done = drawn = accepted = connected = 0
         t_support = 0.0
         max_drawn = None if support is None else support.settings.max_oversampling * n_streamlines
         LOG.info("sampling %d streamlines on %s in batches of %d (%s, %d steps%s)", n_streamlines,
@@ -357,6 +363,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                     ts = time.perf_counter()
                     mm = support.filter(mm)
                     accepted += len(mm)
+                    if connectivity is not None and len(mm):
+                        mm = mm[connectivity.allowed(mm)]
+                        connected += len(mm)
                     if density is not None and len(mm):
                         mm = mm[density.accept(mm, n_streamlines - done)]
                     mm = mm[:n_streamlines - done]
@@ -425,6 +434,12 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                       "Cap": GUIDANCE_CAP}),
         "SequentialMonteCarlo": (None if smc is None else
                                  {"Times": list(smc[0]), "WeightPower": smc[1].power}),
+        "ConnectivityPrior": (None if connectivity is None else
+                              {**connectivity.as_dict(),
+                               "PassRate": round(connected / max(accepted, 1), 4),
+                               "Description": "endpoint pairs joined by the training cohort's "
+                                              "reference streamlines (model space); others "
+                                              "rejected"}),
         "DensityAcceptance": (None if density is None else
                               {"Strength": density.strength, "CellMillimetres": density.cell_mm,
                                "Cells": len(density.counts),

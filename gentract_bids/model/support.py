@@ -370,20 +370,28 @@ class SupportWeight:
     :class:`FodSupport` check points where the fODF supports it (the filter's test)."""
 
     def __init__(self, support: FodSupport, scaler, data_scale: float,
-                 power: float = DEFAULT_SMC_POWER, eps: float = 1e-3):
+                 power: float = DEFAULT_SMC_POWER, eps: float = 1e-3, connectivity=None):
         self.support, self.scaler, self.data_scale = support, scaler, float(data_scale)
         self.power, self.eps = float(power), float(eps)
+        self.connectivity = connectivity  # a ConnectivityPrior: its rejects weigh eps
+
+    def _mm(self, x) -> np.ndarray:
+        return self.scaler.to_mm(x.detach().float().cpu().numpy().astype(np.float64)
+                                 / self.data_scale)
 
     def fraction(self, x) -> np.ndarray:
-        mm = self.scaler.to_mm(x.detach().float().cpu().numpy().astype(np.float64)
-                               / self.data_scale)
-        _, amp = self.support.profile(mm)
+        _, amp = self.support.profile(self._mm(x))
         return (amp >= self.support.settings.threshold).mean(1)
 
     def __call__(self, x):
         import torch
 
-        return torch.from_numpy(self.eps + self.fraction(x) ** self.power)
+        mm = self._mm(x)
+        _, amp = self.support.profile(mm)
+        f = (amp >= self.support.settings.threshold).mean(1)
+        if self.connectivity is not None:
+            f = f * self.connectivity.allowed(mm)
+        return torch.from_numpy(self.eps + f ** self.power)
 
 
 DEFAULT_DENSITY_CELL_MM = 8.0

@@ -349,6 +349,20 @@ class PreparedSubject:
     affine: np.ndarray  # canonical grid
 
 
+def reference_in_model(source: SubjectSource, template=None, cache_dir=None):
+    """``(to_subject, streamlines)``: the model -> subject map of the subject's registration to
+    ``template`` (:func:`subject_registration`, cached; None without a template) and its
+    reference streamlines mapped into model coordinates with its inverse."""
+    streamlines = load_reference(source.references)
+    if template is None:
+        return None, streamlines
+    from ..registration.template import model_to_subject
+    from ..registration.xfm import apply_to_points
+
+    to_subject = model_to_subject(template, subject_registration(source, template, cache_dir))
+    return to_subject, apply_to_points(np.linalg.inv(to_subject), streamlines)
+
+
 def prepare_subject(source: SubjectSource, cfg=None, n_points: int = 32,
                     cache_dir=None, template=None) -> PreparedSubject:
     """fODF on the canonical grid (cached) + the reference streamlines resampled to ``n_points``.
@@ -357,17 +371,8 @@ def prepare_subject(source: SubjectSource, cfg=None, n_points: int = 32,
     subject is registered to it first (:func:`subject_registration`, cached): the fODF is
     resampled through the registration and the streamlines are mapped into model coordinates
     with its inverse, so a cohort in scanner space trains a model in the template's space."""
-    to_subject = None
-    if template is not None:
-        from ..registration.template import model_to_subject
-
-        to_subject = model_to_subject(template, subject_registration(source, template, cache_dir))
+    to_subject, streamlines = reference_in_model(source, template, cache_dir)
     sh, mask, affine = compute_canonical_fod(source, cfg, cache_dir, to_subject=to_subject)
-    streamlines = load_reference(source.references)
-    if to_subject is not None:
-        from ..registration.xfm import apply_to_points
-
-        streamlines = apply_to_points(np.linalg.inv(to_subject), streamlines)
     sl = resample_streamlines(streamlines, n_points)
     if len(sl) == 0:
         raise BadDataError(f"sub-{source.label}: the reference tractogram has no streamline")

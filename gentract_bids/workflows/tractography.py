@@ -87,6 +87,7 @@ def init_gentract_tractography_wf(
     guidance_scale: float = 0.0,
     smc_times=(),
     density_strength: float = 0.0,
+    connectivity_prior: bool = False,
     registered: bool = False,
     step_size: float | None = 1.0,
     mem_gb: float = 1.0,
@@ -99,7 +100,9 @@ def init_gentract_tractography_wf(
     was built with the checkpoint as ``stats_file``) and ``mask_file`` (the native grid the
     tractogram header records); with ``support_threshold`` also ``canonical_mask``, and the
     sampled streamlines are trimmed, extended and filtered by their fODF support
-    (:mod:`gentract_bids.model.support`) until ``n_streamlines`` are kept.
+    (:mod:`gentract_bids.model.support`) until ``n_streamlines`` are kept; with
+    ``connectivity_prior`` also by the checkpoint's endpoint-pair prior, when it carries one
+    (:mod:`gentract_bids.model.connectivity`).
 
     ``step_size`` (mm): the streamlines are resampled to this step (cubic spline) and their ends
     clipped to ``mask_file``; None writes the model's points as sampled.
@@ -115,7 +118,8 @@ def init_gentract_tractography_wf(
                                     support_threshold=support_threshold,
                                     guidance_scale=guidance_scale, step_size=step_size,
                                     smc_times=list(smc_times),
-                                    density_strength=density_strength),
+                                    density_strength=density_strength,
+                                    connectivity_prior=connectivity_prior),
                      name="sample", mem_gb=mem_gb)  # the sampler's batches stay inside --mem
     links = [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]
     if support_threshold:
