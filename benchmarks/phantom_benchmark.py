@@ -53,9 +53,11 @@ reports at least the RSS its parent had when it forked.
 
 GenTract: ``gentract`` samples from the checkpoint given with ``--model`` (default: the shipped
 one), reading ``inputs.dipy_sh`` (which carries the condition's noise) through the app's own
-canonical-grid, z-scoring and sampling code; ``gentract-other`` / ``gentract-zero`` are the context
-ablations (the next subject's fODF / an all-zero volume). They are not in the default tracker list
-of a run unless named with ``--trackers``.
+canonical-grid, z-scoring and sampling code, with the app's sampler defaults (support filter,
+guidance, SMC, density acceptance; ``--connectivity-prior`` as the app's); ``gentract-other`` /
+``gentract-zero`` are the context ablations (the next subject's fODF / an all-zero volume) and
+``gentract-alone`` the model alone (no support filter, so none of its companions). They are not in
+the default tracker list of a run unless named with ``--trackers``.
 
 Run ``python benchmarks/phantom_benchmark.py --help``; ``--quick`` is the CI smoke run.
 
@@ -77,6 +79,8 @@ for _p in (HERE.parent, HERE):  # run from a checkout: gentract_bids and benchma
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from gentract_bids.model.support import (  # noqa: E402
+    DEFAULT_DENSITY_STRENGTH, DEFAULT_GUIDANCE_SCALE, DEFAULT_SMC_TIMES)
 from gentract_bids.model.support import DEFAULT_THRESHOLD as DEFAULT_SUPPORT_THRESHOLD  # noqa: E402
 from phantom.cohorts import (  # noqa: E402, F401
     CONDITION_ORDER, HUMAN_CONDITIONS, ISBI_GEOMETRY, CohortSpec, Condition, build_cohort, make_conditions,
@@ -135,7 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GenTract sampling steps (default: the checkpoint's)")
     p.add_argument("--support-threshold", type=float, default=DEFAULT_SUPPORT_THRESHOLD,
                    help="the app's fODF support filter for the gentract trackers, with the "
-                        "subject's own fODF (default: the app's, %(default)s; 0: off)")
+                        "subject's own fODF (default: the app's, %(default)s; 0: off; the "
+                        "gentract-alone tracker always runs without it)")
+    p.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                   help="the app's fODF guidance of the flow steps (default: the app's, "
+                        "%(default)s; 0: off)")
+    p.add_argument("--smc-times", type=float, nargs="+", default=list(DEFAULT_SMC_TIMES),
+                   metavar="T", help="the app's SMC resampling times (default: the app's, "
+                   "%(default)s; 0: off)")
+    p.add_argument("--density-acceptance", type=float, default=DEFAULT_DENSITY_STRENGTH,
+                   help="the app's density-aware acceptance (default: the app's, %(default)s)")
+    p.add_argument("--connectivity-prior", choices=("on", "off"), default="off",
+                   help="the checkpoint's endpoint-pair prior (default: the app's, %(default)s)")
     return p
 
 
@@ -168,7 +183,11 @@ def main(argv=None) -> int:
         model = args.model or (HUMAN_MODEL if args.anatomy == "human" else TUBE_MODEL)
         gentract_options = {"model": str(model), "steps": args.steps,
                             "sha256": read_checkpoint_metadata(model)["sha256"],
-                            "support_threshold": args.support_threshold or None}
+                            "support_threshold": args.support_threshold or None,
+                            "guidance_scale": args.guidance_scale,
+                            "smc_times": [t for t in args.smc_times if t != 0],
+                            "density_strength": args.density_acceptance,
+                            "connectivity_prior": args.connectivity_prior == "on"}
     if args.n_subjects < 1 or args.n_streamlines < 1 or args.sift_factor < 1:
         parser.error("--n-subjects and --n-streamlines must be positive, --sift-factor >= 1")
     settings, conditions = settings_from_args(args)

@@ -104,6 +104,34 @@ def test_gentract_tracker_refuses_a_missing_checkpoint(pb, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_gentract_trackers_get_the_app_sampler_options(pb, tmp_path, monkeypatch):
+    """The gentract trackers sample with the app's defaults (guidance, SMC, density acceptance,
+    the connectivity prior as asked), and ``gentract-alone`` without the support filter."""
+    import phantom.runners as runners
+
+    captured = {}
+    monkeypatch.setattr(pb, "run_benchmark",
+                        lambda settings, conditions, trackers, out, **kw: captured.update(kw))
+    pb.main(["--anatomy", "human", "--trackers", "gentract", "gentract-alone",
+             "--connectivity-prior", "on", "--out", str(tmp_path / "o")])
+    opts = captured["gentract_options"]
+    from gentract_bids.model.support import (DEFAULT_DENSITY_STRENGTH, DEFAULT_GUIDANCE_SCALE,
+                                             DEFAULT_SMC_TIMES, DEFAULT_THRESHOLD)
+    assert opts["support_threshold"] == DEFAULT_THRESHOLD and opts["connectivity_prior"] is True
+    assert opts["guidance_scale"] == DEFAULT_GUIDANCE_SCALE
+    assert opts["smc_times"] == list(DEFAULT_SMC_TIMES)
+    assert opts["density_strength"] == DEFAULT_DENSITY_STRENGTH
+    assert Path(opts["model"]).name.startswith("gentract_human_phantom")
+
+    calls = []
+    monkeypatch.setattr(runners, "track_gentract", lambda *a, **kw: calls.append(kw) or [])
+    for name in ("gentract", "gentract-alone"):
+        runners.TRACKERS[name](None, None, 10, 0, tmp_path, **opts)
+    assert calls[0]["support_threshold"] == DEFAULT_THRESHOLD
+    assert calls[1]["support_threshold"] is None  # the model alone
+    assert calls[0]["context"] == calls[1]["context"] == "own"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tckgen") is None, reason="MRtrix3 not installed")
 def test_quick_run(tmp_path):

@@ -86,7 +86,9 @@ CONTEXTS = ("own", "other", "zero")
 
 
 def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=None,
-                   context: str = "own", steps=None, sha256=None, support_threshold=None):
+                   context: str = "own", steps=None, sha256=None, support_threshold=None,
+                   guidance_scale: float = 0.0, smc_times=(), density_strength: float = 0.0,
+                   connectivity_prior: bool = False):
     """GenTract sampling from the checkpoint ``model`` (default: the shipped one), conditioned on
     ``inputs.dipy_sh`` (the condition's fODF, noise included) through the app's own code: the
     canonical grid (:func:`fodf.grid.to_canonical`), the model's z-score statistics and
@@ -95,14 +97,19 @@ def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=Non
     ``zero`` (an all-zero z-scored volume: no anatomy at all). ``sha256``: refuse another
     checkpoint than the one the run's cache key names. ``support_threshold``: the app's fODF
     support filter (:mod:`gentract_bids.model.support`), always with the subject's *own* fODF,
-    whatever the context; None or 0: off (every sampled streamline is scored). A model with a
+    whatever the context; None or 0: off (every sampled streamline is scored).
+    ``guidance_scale``, ``smc_times``, ``density_strength`` and ``connectivity_prior`` (the
+    checkpoint's endpoint-pair prior) are the app's sampler options (``--guidance-scale`` ...);
+    like the app, they apply only with the support filter, guidance and SMC only to flow models.
+    A model with a
     template (its space) gets every subject registered to it first, as the app does it
     (:func:`gentract_bids.train.dataset.subject_registration`: FA, affine, cached beside the
     cohort), and the streamlines mapped back through it."""
     from gentract_bids.fodf.grid import to_canonical, zscore
     from gentract_bids.io.tractogram import load_tractogram
-    from gentract_bids.model.inference import (fod_support, load_model, resolve_model_path,
-                                               sample_tractogram)
+    from gentract_bids.model.connectivity import load_connectivity
+    from gentract_bids.model.inference import (fod_support, load_model, model_sampler,
+                                               resolve_model_path, sample_tractogram)
     from gentract_bids.registration.template import load_model_template, model_to_subject
     from gentract_bids.train.dataset import SubjectSource, subject_registration
 
@@ -146,26 +153,41 @@ def track_gentract(inputs, condition, n_streamlines, seed, workdir, *, model=Non
                       files["mask"], to_subject_of(files, other))[0]
     if context == "zero":
         z = np.zeros_like(z)
+    guided = support is not None and model_sampler(meta) == "flow"
+    sampler_options = {
+        "guidance_scale": guidance_scale if guided else 0.0,
+        "smc_times": tuple(smc_times) if guided else (),
+        "density_strength": density_strength if support is not None else 0.0,
+        "connectivity": (load_connectivity(resolve_model_path(model), meta)
+                         if support is not None and connectivity_prior else None)}
     out = Path(workdir) / "gentract_raw.trx"
     info = sample_tractogram(net, meta, z, out, n_streamlines=n_streamlines, steps=steps,
                              seed=seed, ref_affine=mask_affine, ref_shape=mask_shape,
-                             support=support, to_subject=own_map)
+                             support=support, to_subject=own_map, **sampler_options)
     streamlines, _ = load_tractogram(out)
     out.unlink()
     return list(streamlines), {
         "Parameters": {"context": context, "sampler": info["Sampler"], "steps": info["Steps"],
                        "sha256": info["Model"]["SHA256"], "batch_size": info["BatchSize"],
                        "support_filter": info["SupportFilter"],
-                       "n_sampled": info["NumberSampled"]},
+                       "n_sampled": info["NumberSampled"],
+                       "guidance": info.get("Guidance"),
+                       "smc": info.get("SequentialMonteCarlo"),
+                       "density": info.get("DensityAcceptance"),
+                       "connectivity": info.get("ConnectivityPrior"),
+                       "model_fit": info.get("ModelFit")},
         "Timings": info["Timings"]}
 
 
-def _gentract_variant(context: str):
+def _gentract_variant(context: str, alone: bool = False):
     def track(inputs, condition, n_streamlines, seed, workdir, **options):
+        if alone:  # the model alone: no support filter, so none of the filter's companions
+            options = dict(options, support_threshold=None)
         return track_gentract(inputs, condition, n_streamlines, seed, workdir, context=context,
                               **options)
 
-    track.__doc__ = f"GenTract sampling with the {context} subject's context."
+    track.__doc__ = (f"GenTract sampling with the {context} subject's context"
+                     + (", the model alone (no fODF support filter)." if alone else "."))
     return track
 
 
@@ -176,6 +198,7 @@ TRACKERS = {
     "gentract": _gentract_variant("own"),
     "gentract-other": _gentract_variant("other"),
     "gentract-zero": _gentract_variant("zero"),
+    "gentract-alone": _gentract_variant("own", alone=True),
     "ifod2": track_ifod2,
     "sdstream": track_sdstream,
     "tckglobal": track_tckglobal,
@@ -186,7 +209,7 @@ TRACKERS = {
 # trackers that read "dwi" get no fODF noise (see dwi_tracker_status)
 TRACKER_READS = {"ifod2": "mrtrix_fod", "sdstream": "mrtrix_fod", "tckglobal": "dwi"}
 DWI_TRACKERS = {t for t, field_ in TRACKER_READS.items() if field_ == "dwi"}
-GENTRACT_TRACKERS = ("gentract", "gentract-other", "gentract-zero")
+GENTRACT_TRACKERS = ("gentract", "gentract-other", "gentract-zero", "gentract-alone")
 BASELINES = [t for t in TRACKERS if t not in GENTRACT_TRACKERS]
 
 
@@ -204,10 +227,19 @@ MEMORY_METHOD = ("peak RSS of the tracker's process tree (spawned Python worker 
                  "never below the worker's own VmHWM")
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (the MRtrix3 programs)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _worker(tracker: str, inputs: dict, condition: dict, n_streamlines: int, seed: int,
             workdir: str, options: dict, out_file: str, result_file: str) -> None:
     """Run one tracker in this (spawned) process; save its streamlines and a JSON record
-    (wall time of the tracker call, the worker's VmHWM, tracker metadata) or the error."""
+    (wall time and CPU seconds of the tracker call, its own threads and the programs it ran,
+    the worker's VmHWM, tracker metadata) or the error."""
     import traceback
 
     import nibabel as nib
@@ -218,9 +250,10 @@ def _worker(tracker: str, inputs: dict, condition: dict, n_streamlines: int, see
         inp = SubjectInputs(**inputs)
         cond = Condition(condition["name"], CohortSpec(**condition["cohort"]),
                          condition["fod_noise"], condition["description"])
-        t0 = time.perf_counter()
+        t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
         out = TRACKERS[tracker](inp, cond, n_streamlines, seed, workdir, **options)
         seconds = time.perf_counter() - t0
+        cpu_seconds = time.process_time() - c0 + _children_cpu() - k0
         streamlines, meta = out if isinstance(out, tuple) else (out, {})
         hwm_kb = _vm_hwm_kb()
         ref = nib.load(inp.mask)
@@ -228,7 +261,7 @@ def _worker(tracker: str, inputs: dict, condition: dict, n_streamlines: int, see
         keep = ("Algorithm", "FOD", "NGenerated", "NAfterSIFT", "NRaw", "NAboveMinLength",
                 "NSeeds", "NTracked", "NStreamlines", "Commands", "Timings", "Parameters",
                 "StoppingCriterion")
-        rec = {"seconds": seconds, "worker_hwm_mb": hwm_kb / 1024,
+        rec = {"seconds": seconds, "cpu_seconds": cpu_seconds, "worker_hwm_mb": hwm_kb / 1024,
                "n_streamlines": len(streamlines),
                "meta": _jsonable({k: meta[k] for k in keep if k in meta})}
     except Exception as exc:  # noqa: BLE001 - reported to the parent

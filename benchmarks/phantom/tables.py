@@ -14,7 +14,8 @@ from .common import Settings
 METRICS = ("precision", "valid_bundles", "mean_overlap", "mean_f1", "mean_overreach", "seconds",
            "peak_mb")
 TRACKER_LABELS = {"gentract": "GenTract", "gentract-other": "GenTract, other subject's context",
-                  "gentract-zero": "GenTract, zero context", "ifod2": "iFOD2 + SIFT", "sdstream": "SD_Stream + SIFT",
+                  "gentract-zero": "GenTract, zero context",
+                  "gentract-alone": "GenTract, model alone", "ifod2": "iFOD2 + SIFT", "sdstream": "SD_Stream + SIFT",
                   "tckglobal": "tckglobal", "dipy-det": "dipy det", "dipy-prob": "dipy prob"}
 
 
