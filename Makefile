@@ -48,3 +48,9 @@ container-charliecloud:
 
 container-boutiques: venv
 	bash scripts/container_boutiques.sh
+
+# The Boutiques descriptor is generated from the command-line parser (tests/test_container.py
+# fails when it lags): run this after changing an option of gentract_bids/cli/parser.py.
+.PHONY: boutiques
+boutiques: $(BIN)/.installed
+	$(BIN)/python scripts/boutiques_descriptor.py

@@ -1,6 +1,8 @@
 """Fast checks of the container files (the real build and run: `make container container-test`)."""
+import importlib.util
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,16 @@ from gentract_bids.cli.parser import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DESCRIPTOR = ROOT / "boutiques" / "gentract.json"
+INVOCATION = ROOT / "boutiques" / "example_invocation.json"
+
+
+def _descriptor_script():
+    """scripts/boutiques_descriptor.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "boutiques_descriptor", ROOT / "scripts" / "boutiques_descriptor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _tool(name):
@@ -39,6 +51,49 @@ def test_descriptor_flags_are_the_parsers():
             assert inp["command-line-flag"] in flags, inp["id"]
         else:
             assert inp["id"] in dests, inp["id"]
+
+
+def test_boutiques_descriptor_is_generated_from_the_parser():
+    expected = _descriptor_script().expected_text(DESCRIPTOR)
+    assert DESCRIPTOR.read_text() == expected, (
+        "boutiques/gentract.json lags gentract_bids/cli/parser.py: run `make boutiques`")
+
+
+def test_boutiques_descriptor_check_fails_on_a_stale_descriptor(tmp_path, capsys):
+    script = _descriptor_script()
+    stale = json.loads(DESCRIPTOR.read_text())
+    stale["inputs"] = [i for i in stale["inputs"] if i["id"] != "guidance_scale"]
+    path = tmp_path / "gentract.json"
+    path.write_text(json.dumps(stale, indent=2) + "\n")
+    assert script.main(["--check", "--descriptor", str(path)]) == 1
+    assert "run `make boutiques`" in capsys.readouterr().err
+    assert script.main(["--descriptor", str(path)]) == 0  # rewritten, author etc. kept
+    assert path.read_text() == script.expected_text(DESCRIPTOR)
+    assert script.main(["--check", "--descriptor", str(path)]) == 0
+
+
+def test_every_parser_option_is_a_descriptor_input():
+    inputs = {i["id"]: i for i in json.loads(DESCRIPTOR.read_text())["inputs"]}
+    for action in build_parser()._actions:
+        if action.dest in ("help", "version"):
+            continue
+        assert action.dest in inputs, f"{action.dest} missing: run `make boutiques`"
+        if action.option_strings:
+            assert inputs[action.dest]["command-line-flag"] in action.option_strings
+
+
+def test_boutiques_example_invocation_simulates_a_gentract_command_line():
+    out = subprocess.run([_tool("bosh"), "exec", "simulate", "-i", str(INVOCATION),
+                          str(DESCRIPTOR)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    argv = shlex.split(lines[lines.index("Generated Command:") + 1])
+    assert argv[0] == "gentract"
+    opts = build_parser().parse_args(argv[1:])
+    invocation = json.loads(INVOCATION.read_text())
+    for key, value in invocation.items():
+        parsed = getattr(opts, key)
+        assert (str(parsed) if isinstance(parsed, Path) else parsed) == value, key
 
 
 def test_dockerfile_and_singularity_agree():
