@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--anatomy", choices=("tubes", "human"), default="tubes")
     ap.add_argument("--seed", type=int, default=1000, help="phantom cohort seed (held out)")
     ap.add_argument("--subject", default="01")
+    ap.add_argument("--n-subjects", type=int, default=Settings().n_subjects,
+                    help="subjects of the cohort (the phantom benchmark's: its --out is reused)")
     ap.add_argument("--n", type=int, nargs="+", default=[3000, 30000])
     ap.add_argument("--trackers", nargs="+", choices=TRACKERS, default=list(TRACKERS))
     ap.add_argument("--sift-factor", type=float, default=2.0)
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     t0 = time.perf_counter()
-    st = Settings(n_subjects=max(2, int(a.subject)), seed=a.seed, anatomy=a.anatomy)
+    st = Settings(n_subjects=max(a.n_subjects, int(a.subject)), seed=a.seed, anatomy=a.anatomy)
     cond = make_conditions(st, ["clean"])[0]
     cohorts, fods, prep = prepare_cohorts(cohort_specs([cond], st), st, [a.subject], a.out)
     root = cohorts[cond.cohort.name]
