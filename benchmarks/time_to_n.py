@@ -16,7 +16,8 @@ each. Its ``cpu_seconds`` count the worker's own threads and the programs it ran
 "Time to N valid" is the CPU time of a run whose written tractogram holds at least N streamlines
 that the ground truth counts valid. A run cannot stop at the N-th valid streamline (SIFT is a
 global filter; GenTract keeps what it is asked for), so the request is searched: the first try
-asks for N / p streamlines (p: the tracker's precision at the previous N, 1 at the first), and
+asks for N / p streamlines (p: the tracker's precision at the previous N or ``--guess``, 1 at the
+first; times ``--margin`` where p was measured), and
 while fewer than N are valid the request grows by N / valid (2 % more), at most ``--max-tries``
 times. The figure is the first run that reaches N; the search's total is printed beside it.
 A 10-streamline GenTract run first fills the registration cache (to the model's template), which
@@ -77,9 +78,10 @@ def one_run(tracker, inputs, cond, root, label, request, seed, workdir, options,
             "n_sampled": r["meta"].get("Parameters", {}).get("n_sampled")}
 
 
-def time_to(n: int, tracker, precision_guess: float, run, max_tries: int) -> dict:
+def time_to(n: int, tracker, precision_guess: float, run, max_tries: int,
+            margin: float = 1.0) -> dict:
     """Search the request until a run writes >= n valid streamlines (see the module text)."""
-    request, tries = int(math.ceil(n / max(precision_guess, 1e-3))), []
+    request, tries = int(math.ceil(n / max(precision_guess, 1e-3) * margin)), []
     for _ in range(max_tries):
         r = run(tracker, request)
         tries.append(r)
@@ -106,6 +108,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sift-factor", type=float, default=2.0)
     ap.add_argument("--max-tries", type=int, default=3)
     ap.add_argument("--connectivity-prior", choices=("on", "off"), default="off")
+    ap.add_argument("--guess", nargs="+", default=[], metavar="TRACKER=PRECISION",
+                    help="a measured precision to size the first request at the smallest N "
+                         "(e.g. from an earlier run); default 1")
+    ap.add_argument("--margin", type=float, default=1.03,
+                    help="the first request at N is N / precision x this, where the precision "
+                         "was measured (at a smaller N or by --guess)")
     a = ap.parse_args(argv)
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     t0 = time.perf_counter()
@@ -129,10 +137,13 @@ def main(argv=None) -> int:
     if "gentract" in a.trackers:  # fills the registration cache: preprocessing, untimed
         run("gentract", 10)
     rows, guess = [], {t: 1.0 for t in a.trackers}
+    measured = {t: float(p) for t, p in (g.split("=") for g in a.guess)}
+    guess.update(measured)
     for n in sorted(a.n):
         for tracker in a.trackers:
-            r = time_to(n, tracker, guess[tracker], run, a.max_tries)
-            guess[tracker] = max(r["final"]["precision"], 1e-3)
+            r = time_to(n, tracker, guess[tracker], run, a.max_tries,
+                        a.margin if tracker in measured else 1.0)
+            measured[tracker] = guess[tracker] = max(r["final"]["precision"], 1e-3)
             rows.append(r)
     lines = ["| tracker | N | reached | asked | written | valid | precision % | VB | CPU s "
              "| search CPU s | peak MB |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: "

@@ -291,3 +291,26 @@ def test_quick_speed_run(tmp_path):
     assert ms["n"] == [200, 400] and ms["ratio"] == pytest.approx(
         runs["gentract", 400]["peak_rss_mib"] / runs["gentract", 200]["peak_rss_mib"])
     assert f"(ratio {ms['ratio']:.2f} for 2x the streamlines)" in md
+
+
+def test_time_to_n_searches_the_request_until_n_are_valid(pb):
+    """benchmarks/time_to_n.py's search: grow the request by N / valid until a run has N valid
+    streamlines; a measured precision (with its margin) sizes the first try."""
+    spec = importlib.util.spec_from_file_location("time_to_n", REPO / "benchmarks" / "time_to_n.py")
+    ttn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttn)
+    asked = []
+
+    def run(tracker, request):  # a tracker of precision 0.8 that costs 1 CPU s per streamline
+        asked.append(request)
+        return {"written": request, "valid": int(request * 0.8), "cpu_s": float(request)}
+
+    r = ttn.time_to(1000, "t", 1.0, run, max_tries=3)
+    assert asked == [1000, 1275] and r["reached"] and r["final"]["valid"] == 1020
+    assert r["search_cpu_s"] == 2275.0
+    asked.clear()
+    r = ttn.time_to(1000, "t", 0.8, run, max_tries=3, margin=1.03)
+    assert asked == [1288] and r["reached"] and len(r["tries"]) == 1
+    asked.clear()
+    r = ttn.time_to(1000, "t", 1.0, run, max_tries=1)
+    assert asked == [1000] and not r["reached"]
