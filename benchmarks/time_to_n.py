@@ -136,14 +136,14 @@ def main(argv=None) -> int:
 
     if "gentract" in a.trackers:  # fills the registration cache: preprocessing, untimed
         run("gentract", 10)
-    rows, guess = [], {t: 1.0 for t in a.trackers}
-    measured = {t: float(p) for t, p in (g.split("=") for g in a.guess)}
-    guess.update(measured)
+    rows = []
+    measured = {t: float(p) for t, p in (g.split("=") for g in a.guess)}  # tracker -> precision
     for n in sorted(a.n):
         for tracker in a.trackers:
-            r = time_to(n, tracker, guess[tracker], run, a.max_tries,
-                        a.margin if tracker in measured else 1.0)
-            measured[tracker] = guess[tracker] = max(r["final"]["precision"], 1e-3)
+            known = tracker in measured
+            r = time_to(n, tracker, measured.get(tracker, 1.0), run, a.max_tries,
+                        a.margin if known else 1.0)
+            measured[tracker] = max(r["final"]["precision"], 1e-3)
             rows.append(r)
     lines = ["| tracker | N | reached | asked | written | valid | precision % | VB | CPU s "
              "| search CPU s | peak MB |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: "

@@ -20,13 +20,18 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "phantom_benchmark.py"
 
 
-@pytest.fixture(scope="module")
-def pb():
-    spec = importlib.util.spec_from_file_location("phantom_benchmark", SCRIPT)
+def _load_script(path: Path):
+    """A benchmark script imported as a module named after its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["phantom_benchmark"] = mod
+    sys.modules[path.stem] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def pb():
+    return _load_script(SCRIPT)
 
 
 def test_fod_noise_is_signed_rician(pb):
@@ -185,11 +190,7 @@ SPEED = REPO / "benchmarks" / "inference_speed.py"
 
 
 def _load_speed():
-    spec = importlib.util.spec_from_file_location("inference_speed", SPEED)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["inference_speed"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return _load_script(SPEED)
 
 
 def tiny_speed_model(objective="flow", **kw):
@@ -293,12 +294,10 @@ def test_quick_speed_run(tmp_path):
     assert f"(ratio {ms['ratio']:.2f} for 2x the streamlines)" in md
 
 
-def test_time_to_n_searches_the_request_until_n_are_valid(pb):
+def test_time_to_n_searches_the_request_until_n_are_valid():
     """benchmarks/time_to_n.py's search: grow the request by N / valid until a run has N valid
     streamlines; a measured precision (with its margin) sizes the first try."""
-    spec = importlib.util.spec_from_file_location("time_to_n", REPO / "benchmarks" / "time_to_n.py")
-    ttn = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ttn)
+    ttn = _load_script(REPO / "benchmarks" / "time_to_n.py")
     asked = []
 
     def run(tracker, request):  # a tracker of precision 0.8 that costs 1 CPU s per streamline
