@@ -24,7 +24,8 @@ if str(ROOT) not in sys.path:  # the parser of this checkout, not that of an ins
     sys.path.insert(0, str(ROOT))
 
 from gentract_bids import __version__  # noqa: E402
-from gentract_bids.cli.parser import ANALYSIS_LEVELS, build_parser  # noqa: E402
+from gentract_bids.cli.parser import (ANALYSIS_LEVELS, RANGES, build_parser,  # noqa: E402
+                                      long_flag)
 
 DESCRIPTOR = ROOT / "boutiques" / "gentract.json"
 SCHEMA_VERSION = "0.5"
@@ -51,21 +52,11 @@ def expand_help(action: argparse.Action, prog: str) -> str:
     return (action.help or "") % params
 
 
-def command_line_flag(action: argparse.Action) -> str:
-    """The option string of an optional: the long one that spells its dest, else the first long
-    one, else the short one (``-w`` only if there were no ``--work-dir``)."""
-    long_flags = [s for s in action.option_strings if s.startswith("--")]
-    spelled = "--" + action.dest.replace("_", "-")
-    if spelled in long_flags:
-        return spelled
-    return long_flags[0] if long_flags else action.option_strings[0]
-
-
 def readable_name(action: argparse.Action) -> str:
     """A short name for the input: the positional's, or the flag in words (``SH order``)."""
     if not action.option_strings:
         return POSITIONAL_NAMES.get(action.dest, action.dest.replace("_", " ").capitalize())
-    words = command_line_flag(action).lstrip("-").split("-")
+    words = long_flag(action).lstrip("-").split("-")
     words = [w.upper() if w in ACRONYMS else w for w in words]
     return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
@@ -84,6 +75,9 @@ def value_fields(action: argparse.Action) -> dict[str, Any]:
         fields["list"] = True
         if action.nargs == "+":
             fields["min-list-entries"] = 1
+    lo, hi = RANGES.get(action.dest, (None, None))  # what parse_args checks
+    if fields["type"] == "Number":
+        fields.update({k: v for k, v in (("minimum", lo), ("maximum", hi)) if v is not None})
     choices = action.choices if action.choices is not None else EXTRA_CHOICES.get(action.dest)
     if choices is not None:
         fields["value-choices"] = list(choices)
@@ -106,7 +100,7 @@ def action_input(action: argparse.Action, prog: str) -> dict[str, Any]:
         "value-key": value_key(action),
     }
     if action.option_strings:
-        entry["command-line-flag"] = command_line_flag(action)
+        entry["command-line-flag"] = long_flag(action)
     entry["optional"] = not action.required
     return {**entry, **fields}
 

@@ -82,6 +82,32 @@ def test_every_parser_option_is_a_descriptor_input():
             assert inputs[action.dest]["command-line-flag"] in action.option_strings
 
 
+def test_descriptor_bounds_are_what_the_parser_refuses(tmp_path):
+    """Every minimum/maximum of the descriptor is the parser's: the bound itself parses, one
+    step past it is refused with a message naming the option (what bosh checks before a run is
+    what gentract would refuse)."""
+    import pytest
+
+    from gentract_bids.cli.parser import parse_args
+    from gentract_bids.errors import UsageError
+
+    bounded = [i for i in json.loads(DESCRIPTOR.read_text())["inputs"]
+               if "minimum" in i or "maximum" in i]
+    assert {i["id"] for i in bounded} >= {"n_streamlines", "random_seed", "nprocs", "steps",
+                                         "bundle_min_inside", "min_registration_dice"}
+    (tmp_path / "bids").mkdir()
+    base = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant"]
+    for inp in bounded:
+        flag, step = inp["command-line-flag"], 1 if inp.get("integer") else 0.5
+        extra = ["--bundle-atlas", str(tmp_path)] if inp["id"].startswith("bundle_") else []
+        for key, sign in (("minimum", -1), ("maximum", 1)):
+            if key not in inp or inp["id"] == "sh_order":  # sh_order: even numbers only
+                continue
+            parse_args(base + extra + [flag, str(inp[key])])
+            with pytest.raises(UsageError, match=re.escape(flag)):
+                parse_args(base + extra + [flag, str(inp[key] + sign * step)])
+
+
 def test_boutiques_example_invocation_simulates_a_gentract_command_line():
     out = subprocess.run([_tool("bosh"), "exec", "simulate", "-i", str(INVOCATION),
                           str(DESCRIPTOR)], capture_output=True, text=True)

@@ -21,6 +21,40 @@ TRACKERS = ("gentract", "ifod2", "sdstream", "tckglobal", "dipy-det", "dipy-prob
 EVAL_MODES = ("auto", "sanity", "groundtruth", "atlas", "none")
 MIN_SH_ORDER, MAX_SH_ORDER = 2, 12  # 91 coefficients at 12; beyond, CSD runs for hours
 MAX_SEED = 2**32 - 1  # numpy, torch and MRtrix3 all take it
+# The numeric options' ranges (inclusive; None: no bound), checked after parsing and written
+# into the Boutiques descriptor (scripts/boutiques_descriptor.py) as its minimum/maximum.
+RANGES = {"random_seed": (0, MAX_SEED), "sh_order": (MIN_SH_ORDER, MAX_SH_ORDER),
+          "nprocs": (1, None), "omp_nthreads": (1, None), "n_streamlines": (1, None),
+          "sift_factor": (1, None), "steps": (1, None), "batch_size": (1, None),
+          "guidance_scale": (0, None), "density_acceptance": (0, None),
+          "bundle_ending_dilation_mm": (0, None), "bundle_mask_dilation_mm": (0, None),
+          "bundle_min_inside": (0, 1), "min_registration_dice": (0, 1)}
+
+
+def long_flag(action: argparse.Action) -> str:
+    """The option string of an optional as the help and errors name it: the long one that spells
+    its dest, else the first long one, else the short one."""
+    long_flags = [s for s in action.option_strings if s.startswith("--")]
+    spelled = "--" + action.dest.replace("_", "-")
+    if spelled in long_flags:
+        return spelled
+    return long_flags[0] if long_flags else action.option_strings[0]
+
+
+def check_ranges(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
+    """:class:`UsageError` naming the first option of :data:`RANGES` outside its range (options
+    left unset, None, are not checked)."""
+    flags = {a.dest: long_flag(a) for a in parser._actions if a.option_strings}
+    for dest, (lo, hi) in RANGES.items():
+        value = getattr(opts, dest, None)
+        if value is None or ((lo is None or value >= lo) and (hi is None or value <= hi)):
+            continue
+        whole = isinstance(value, int)
+        got = f"got {value}" if whole else f"got {value:g}"
+        if hi is None:
+            raise UsageError(f"{flags[dest]} must be at least {lo:g}, {got}")
+        span = f"{lo}..{hi}" if whole else f"[{lo:g}, {hi:g}]"
+        raise UsageError(f"{flags[dest]} must lie in {span}, {got}")
 
 
 class ExitCodeParser(argparse.ArgumentParser):
@@ -229,28 +263,20 @@ def parse_args(argv=None, check_paths: bool = False) -> Config:
     if not MIN_SH_ORDER <= opts.sh_order <= MAX_SH_ORDER or opts.sh_order % 2:
         raise UsageError(f"--sh-order must be an even number from {MIN_SH_ORDER} to "
                          f"{MAX_SH_ORDER}, got {opts.sh_order}")
-    if not 0 <= opts.random_seed <= MAX_SEED:
-        raise UsageError(f"--random-seed must lie in 0..{MAX_SEED}, got {opts.random_seed}")
-    if opts.nprocs < 1 or opts.omp_nthreads < 1:
-        raise UsageError("--nprocs and --omp-nthreads must be at least 1")
-    if opts.n_streamlines < 1 or opts.sift_factor < 1:
-        raise UsageError("--n-streamlines must be positive and --sift-factor at least 1")
-    for flag in ("steps", "batch_size"):
-        if getattr(opts, flag) is not None and getattr(opts, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    check_ranges(parser, opts)
     if not 0 <= opts.support_threshold < 1:
         raise UsageError(f"--support-threshold must lie in [0, 1), got {opts.support_threshold}")
     if opts.guidance_scale is None:
         opts.guidance_scale = DEFAULT_GUIDANCE_SCALE if opts.support_threshold else 0.0
-    if opts.guidance_scale < 0 or (opts.guidance_scale and not opts.support_threshold):
-        raise UsageError("--guidance-scale must be >= 0 and needs the support filter")
+    if opts.guidance_scale and not opts.support_threshold:
+        raise UsageError("--guidance-scale needs the support filter")
     if opts.smc_times is None:
         opts.smc_times = list(DEFAULT_SMC_TIMES) if opts.support_threshold else []
     if opts.density_acceptance is None:
         opts.density_acceptance = DEFAULT_DENSITY_STRENGTH if opts.support_threshold else 0.0
     opts.smc_times = [t for t in opts.smc_times if t != 0]  # --smc-times 0: off
-    if any(not 0 < t < 1 for t in opts.smc_times) or opts.density_acceptance < 0:
-        raise UsageError("--smc-times must lie in (0, 1), --density-acceptance >= 0")
+    if any(not 0 < t < 1 for t in opts.smc_times):
+        raise UsageError("--smc-times must lie in (0, 1)")
     if (opts.smc_times or opts.density_acceptance) and not opts.support_threshold:
         raise UsageError("--smc-times and --density-acceptance need the support filter")
     trackers = list(dict.fromkeys(opts.tracker))
@@ -266,11 +292,6 @@ def parse_args(argv=None, check_paths: bool = False) -> Config:
     if opts.bundle_atlas is not None and not opts.bundle_atlas.is_dir():
         raise UsageError(f"--bundle-atlas {opts.bundle_atlas}: not a folder (a TractSeg-layout "
                          "folder with bundle_segmentations/ and endings_segmentations/)")
-    if opts.bundle_ending_dilation_mm < 0 or opts.bundle_mask_dilation_mm < 0:
-        raise UsageError("--bundle-ending-dilation and --bundle-mask-dilation must not be "
-                         "negative")
-    if not 0 <= opts.bundle_min_inside <= 1:
-        raise UsageError(f"--bundle-min-inside must lie in [0, 1], got {opts.bundle_min_inside}")
     atlases = [opts.waypoint_atlas, opts.recobundles_models, opts.bundleseg_atlas,
                opts.bundle_atlas]
     if opts.eval_mode == "atlas" and not any(atlases):
@@ -282,9 +303,6 @@ def parse_args(argv=None, check_paths: bool = False) -> Config:
     if opts.bundle_atlas and opts.registration == "none":
         raise UsageError("--bundle-atlas maps the atlas through the registration to the model's "
                          "template: it cannot be combined with --registration none")
-    if not 0 <= opts.min_registration_dice <= 1:
-        raise UsageError(f"--min-registration-dice must lie in [0, 1], got "
-                         f"{opts.min_registration_dice}")
     config = Config(
         execution=Execution(
             bids_dir=bids_dir,
