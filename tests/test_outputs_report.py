@@ -42,14 +42,6 @@ def test_long_lines_wrap_and_references_have_dois():
         assert f'<a href="https://doi.org/{doi}">doi:{doi}</a>' in html
 
 
-def test_report_and_boilerplate_give_the_same_dois():
-    from gentract_bids.cli.boilerplate import REFS
-
-    shared = set(REFS) & set(REFERENCE_DOIS)
-    assert {"gentract", "csd", "dipy", "mrtrix", "sdstream", "sift"} <= shared
-    assert all(REFERENCE_DOIS[k] == REFS[k][4] for k in shared)
-
-
 def test_methods_cite_sd_stream_and_sift_when_they_ran():
     from gentract_bids.reports.subject import methods_paragraph
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..io.bids import SERIES_ENTITIES, output_prefix
 from .bundles import MANY_BUNDLES, bundle_group, grouped, sort_key
+from ..references import REFS, reference_text
 from .html import fmt
 from .model_fit import model_fit_warning
 
@@ -26,32 +27,9 @@ TRACKER_NAMES = {"gentract": "GenTract", "ifod2": "MRtrix3 iFOD2", "sdstream": "
                  "dipyprob": "dipy probabilistic"}
 MRTRIX_MODELS = ("ifod2", "sdstream", "tckglobal")
 
-REFERENCES = {
-    "gentract": "Sargood A, et al. GenTract: Generative Global Tractography. CVPR 2026.",
-    "csd": "Tournier J-D, Calamante F, Connelly A. Robust determination of the fibre orientation "
-           "distribution in diffusion MRI: non-negativity constrained super-resolved spherical "
-           "deconvolution. NeuroImage 35(4):1459-1472, 2007.",
-    "dipy": "Garyfallidis E, et al. Dipy, a library for the analysis of diffusion MRI data. "
-            "Front. Neuroinform. 8:8, 2014.",
-    "mrtrix": "Tournier J-D, et al. MRtrix3: A fast, flexible and open software framework for "
-              "medical image processing and visualisation. NeuroImage 202:116137, 2019.",
-    "nipype": "Gorgolewski K, et al. Nipype: a flexible, lightweight and extensible neuroimaging "
-              "data processing framework in Python. Front. Neuroinform. 5:13, 2011.",
-    "pybids": "Yarkoni T, et al. PyBIDS: Python tools for BIDS datasets. J. Open Source Softw. "
-              "4(40):1294, 2019.",
-    "tractometer": "Côté M-A, et al. Tractometer: towards validation of tractography pipelines. "
-                   "Med. Image Anal. 17(7):844-857, 2013.",
-    "tractometer2": "Renauld E, et al. Validate your white matter tractography algorithms with a "
-                    "reappraised ISMRM 2015 Tractography Challenge scoring system. Sci. Rep. "
-                    "13:2347, 2023.",
-    "sdstream": "Tournier J-D, Calamante F, Connelly A. MRtrix: Diffusion tractography in "
-                "crossing fiber regions. Int. J. Imaging Syst. Technol. 22(1):53-66, 2012.",
-    "sift": "Smith RE, Tournier J-D, Calamante F, Connelly A. SIFT: Spherical-deconvolution "
-            "informed filtering of tractograms. NeuroImage 67:298-312, 2013.",
-    "recobundles": "Garyfallidis E, et al. Recognition of white matter bundles using local and "
-                   "global streamline-based registration and clustering. NeuroImage "
-                   "170:283-295, 2018.",
-}
+# the report's reference list: the methods text's table (gentract_bids/references.py)
+REFERENCES = {key: reference_text(ref) for key, ref in REFS.items()}
+REFERENCE_DOIS = {key: ref[4] for key, ref in REFS.items() if ref[4]}
 
 # -- reading the derivatives -----------------------------------------------------------------
 def filename_entities(name: str) -> dict:
@@ -296,17 +274,6 @@ SANITY_ROWS = (("fraction_points_in_wm", "points in WM"), ("wm_coverage", "WM co
                ("fraction_endpoints_in_gm", "endpoints in GM"),
                ("fraction_out_of_brain", "streamlines leaving the brain"),
                ("fraction_loop", "looping streamlines"), ("n_flagged", "flagged streamlines"))
-
-
-# DOIs of REFERENCES (linked in the report's reference list; arXiv's DataCite DOI for GenTract)
-REFERENCE_DOIS = {"gentract": "10.48550/arXiv.2511.13183",
-                  "csd": "10.1016/j.neuroimage.2007.02.016", "dipy": "10.3389/fninf.2014.00008",
-                  "mrtrix": "10.1016/j.neuroimage.2019.116137",
-                  "nipype": "10.3389/fninf.2011.00013", "pybids": "10.21105/joss.01294",
-                  "tractometer": "10.1016/j.media.2013.03.009",
-                  "tractometer2": "10.1038/s41598-023-28560-w",
-                  "sdstream": "10.1002/ima.22005", "sift": "10.1016/j.neuroimage.2012.11.049",
-                  "recobundles": "10.1016/j.neuroimage.2017.07.015"}
 
 
 def references(keys) -> list[dict]:
