@@ -379,10 +379,6 @@ class SupportWeight:
         return self.scaler.to_mm(x.detach().float().cpu().numpy().astype(np.float64)
                                  / self.data_scale)
 
-    def fraction(self, x) -> np.ndarray:
-        _, amp = self.support.profile(self._mm(x))
-        return (amp >= self.support.settings.threshold).mean(1)
-
     def __call__(self, x):
         import torch
 
