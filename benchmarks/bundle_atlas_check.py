@@ -10,7 +10,9 @@ A (template mm -> subject mm), cached in ``PHANTOM_BIDS/code/bundle_atlas_check/
 tractograms are scored by both: the truth streamlines themselves and any tractogram given with
 ``--tractogram`` (e.g. ``gentract ... --tracker sdstream``'s output). Printed: the precision of
 each (ground truth's valid fraction vs the bundle atlas's recognised fraction), the bundles each
-finds (at least ``--min-streamlines``), and the per-streamline agreement.
+finds (at least ``--min-streamlines``), and the per-streamline agreement. ``--xfm SUB=FILE``
+takes A from a participant run's ``..._from-dwi_to-<space>_mode-image_xfm.txt`` instead (the
+registration the app used for that tractogram; nothing is registered again).
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", nargs="+", default=["01", "02"])
     ap.add_argument("--tractogram", action="append", default=[],
                     help="SUB=FILE[:NAME], a tractogram of subject SUB to score (repeatable)")
+    ap.add_argument("--xfm", action="append", default=[],
+                    help="SUB=FILE, the ITK transform (template -> subject) a participant run "
+                         "wrote for SUB: used instead of registering again (repeatable)")
     ap.add_argument("--min-streamlines", type=int, default=10)
     ap.add_argument("--ending-dilation-mm", type=float, nargs="+", default=[ENDING_DILATION_MM])
     ap.add_argument("--mask-dilation-mm", type=float, nargs="+", default=[MASK_DILATION_MM])
@@ -149,13 +154,19 @@ def main(argv=None) -> int:
         sub, rest = spec.split("=", 1)
         path, _, label = rest.partition(":")
         extra.setdefault(sub, []).append((label or Path(path).name.split("_")[-2], Path(path)))
+    xfms = dict(spec.split("=", 1) for spec in args.xfm)
     cache = args.bids / "code" / "bundle_atlas_check"
     rows = []
     for sub in args.subjects:
         truth = load_groundtruth(args.bids, sub)
         ref = true_affine(args.bids, sub)
         try:
-            matrix, how = registration_matrix(args.bids, sub, cache), "registration"
+            if sub in xfms:
+                from gentract_bids.registration.xfm import read_xfm
+
+                matrix, how = read_xfm(xfms[sub]), "the run's transform"
+            else:
+                matrix, how = registration_matrix(args.bids, sub, cache), "registration"
         except Exception as exc:  # RegistrationError: report it and score with the true affine
             print(f"sub-{sub}: registration failed ({str(exc)[:160]}); using the affine fitted "
                   "to the true displacement field", flush=True)
