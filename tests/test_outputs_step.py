@@ -12,6 +12,7 @@ import pytest
 
 from gentract_bids.interfaces.gentract import resample_to_step
 from gentract_bids.io.tractogram import (
+    MIN_SEGMENT_MM,
     clip_to_mask,
     load_tractogram,
     resample_streamlines,
@@ -56,11 +57,24 @@ def test_resampling_gives_the_step_on_a_smooth_curve(step):
     dense = resample_streamlines(coarse, step)
     steps = _steps(dense)
     assert abs(np.median(steps) - step) <= 0.1 * step
-    assert steps.max() <= step * 1.001
+    assert steps.max() <= step + MIN_SEGMENT_MM
     for c, d in zip(coarse, dense):  # same ends, and the curve passes through the input points
         assert np.allclose(d[0], c[0], atol=1e-4) and np.allclose(d[-1], c[-1], atol=1e-4)
         gap = np.linalg.norm(c[:, None] - d[None], axis=2).min(1)
         assert gap.max() < step
+
+
+@pytest.mark.parametrize("remainder", [0.0, 1e-9, 0.00017, 0.0015, 0.0025, 0.4])
+def test_resampling_leaves_no_overlapping_points(remainder):
+    """A length just over a whole number of steps gave a last segment of 0.0002 mm (4 of 3000
+    GenTract streamlines of a human phantom), which trx_validate drops as overlapping points:
+    no segment is shorter than MIN_SEGMENT_MM, and the end point stays where it was."""
+    length = 37.0 + remainder
+    line = np.c_[np.linspace(0, length, 16), np.zeros(16), np.zeros(16)]
+    (out,) = resample_streamlines([line], 1.0)
+    steps = np.linalg.norm(np.diff(out, axis=0), axis=1)
+    assert steps.min() >= MIN_SEGMENT_MM * 0.999 and steps.max() <= 1.0 + MIN_SEGMENT_MM
+    assert np.allclose(out[0], line[0], atol=1e-5) and np.allclose(out[-1], line[-1], atol=1e-4)
 
 
 def test_clipping_keeps_every_endpoint_in_the_mask():

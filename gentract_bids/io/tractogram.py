@@ -21,12 +21,19 @@ def _reference_header(affine, shape) -> nib.Nifti1Header:
     return hdr
 
 
+# the shortest segment the resampling leaves: trx-python's trx_validate (and dipy's checks)
+# drop a streamline with a segment under 0.001 mm as "overlapping points"
+MIN_SEGMENT_MM = 0.002
+
+
 def resample_streamlines(streamlines, step: float, oversample: int = 20) -> list[np.ndarray]:
     """Resample each streamline (RAS+ mm) to points ``step`` mm apart along a smooth curve.
 
     The points are joined by a cubic spline (through every point, parameterised by the point
     index), which is evaluated ``oversample`` times per segment; the dense curve is then cut at
-    equal arc lengths, the last point kept. Deterministic: plain arithmetic, no randomness."""
+    equal arc lengths, the last point kept; where it would lie closer than
+    :data:`MIN_SEGMENT_MM` to the point before, that point is dropped (the last segment is then
+    up to ``step + MIN_SEGMENT_MM`` long). Deterministic: plain arithmetic, no randomness."""
     from scipy.interpolate import CubicSpline
 
     out = []
@@ -41,8 +48,11 @@ def resample_streamlines(streamlines, step: float, oversample: int = 20) -> list
             [np.interp(dense_t, t, s[:, k]) for k in range(3)], 1)
         arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))])
         n = max(int(np.floor(arc[-1] / step)), 1)
-        at = np.append(np.arange(n + 1) * step, arc[-1]) if arc[-1] - n * step > 1e-6 * step \
-            else np.arange(n + 1) * step
+        at = np.arange(n + 1) * step
+        if arc[-1] - n * step >= MIN_SEGMENT_MM:
+            at = np.append(at, arc[-1])
+        else:  # a tiny last segment: the last regular point moves to the end instead
+            at[-1] = arc[-1]
         out.append(np.stack([np.interp(at, arc, dense[:, k]) for k in range(3)], 1))
     return [o.astype(np.float32) for o in out]
 
