@@ -210,6 +210,26 @@ def test_batch_size_does_not_change_the_streamlines(tiny_ckpt, zscored_sh, tmp_p
     np.testing.assert_array_equal(runs[0], runs[2])
 
 
+def test_a_long_batch_prints_progress_while_it_is_drawn(tiny_ckpt, zscored_sh, tmp_path,
+                                                        monkeypatch, caplog):
+    """A human-phantom run drew its first 8192-streamline batch for 8 minutes without a line:
+    within a batch, every network evaluation may log (at most every PROGRESS_SECONDS), and
+    the streamlines are the same with or without these lines."""
+    import logging
+    import re
+
+    from gentract_bids.model import inference
+
+    quiet, _ = _sample(tiny_ckpt, zscored_sh, tmp_path / "a.trx", seed=3, n=100, steps=4)
+    monkeypatch.setattr(inference, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="gentract.inference"):
+        loud, _ = _sample(tiny_ckpt, zscored_sh, tmp_path / "b.trx", seed=3, n=100, steps=4)
+    calls = [int(m.group(1)) for m in re.finditer(
+        r"drawing a batch: network evaluation (\d+) of about 4", caplog.text)]
+    assert calls == [1, 2, 3, 4]  # one batch of 128 covers the 100 asked
+    np.testing.assert_array_equal(quiet, loud)
+
+
 @pytest.mark.slow
 def test_participant_run_prints_stages_and_sampling_progress_once(phantom, tiny_ckpt, tmp_path):
     """Issue 18.2: a run says what it is doing (stages with timings, sampling progress from the

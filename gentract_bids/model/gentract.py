@@ -200,11 +200,14 @@ class GenTract(nn.Module):
                        sampler: str | None = None, flow_method: str | None = None,
                        n_points: int | None = None,
                        volume: Tensor | None = None, guidance=None,
-                       smc=None) -> Iterator[Tensor]:
+                       smc=None, on_call: "Callable[[], None] | None" = None
+                       ) -> Iterator[Tensor]:
         """Yield batches (b, p, 3) of streamlines in [-1, 1] until ``n_streamlines`` are made
         (``None``: full batches for as long as the caller iterates). ``batch_size`` may be a
         function called before each batch for its size (the caller sizes its last batch);
         ``guidance`` and ``smc`` (flow objective): see :meth:`FlowMatchingObjective.sample`.
+        ``on_call`` (optional) is called after every network evaluation (progress within a
+        batch).
 
         The context cache (projected context + every layer's K/V) is built once. The module is in
         eval mode (no dropout) while sampling and goes back to its previous mode afterwards."""
@@ -218,6 +221,13 @@ class GenTract(nn.Module):
                 context = context[None]
             cache = self.transformer.precompute_context(context, self.context_grid_shape)
             fn = self.model_fn(cache, volume)
+            if on_call is not None:
+                net = fn
+
+                def fn(x_t, t):
+                    out = net(x_t, t)
+                    on_call()
+                    return out
             device = context.device
             done = 0
             while n_streamlines is None or done < n_streamlines:
