@@ -229,6 +229,19 @@ def test_sampling_keeps_drawing_until_enough_supported_streamlines(tiny_ckpt, zs
     g, info_g = run("g.trx", 3, guidance_scale=1.0)
     assert info_g["Guidance"]["Scale"] == 1.0 and len(g) == 50
     assert not np.allclose(g, a)
+    # ModelFit compares the run with an expectation of its own sampler settings only
+    import gentract_bids.model.inference as inference
+
+    entry = {"sha256": meta["sha256"], "acceptance": 0.9,
+             "sampler": {"guidance_scale": 1.0, "smc_times": []}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "expected_acceptance", lambda m: entry)
+        _, guided = run("g2.trx", 3, guidance_scale=1.0)
+        _, plain = run("p2.trx", 3)
+    assert guided["ModelFit"]["ExpectedAcceptance"] == 0.9
+    assert guided["ModelFit"]["Verdict"] in ("fits", "does not fit")
+    assert plain["ModelFit"]["Verdict"] == "unknown"
+    assert "guidance scale 0, no SMC: not compared" in plain["ModelFit"]["Message"]
     assert info["SupportFilter"]["Threshold"] == pytest.approx(0.05)
     assert 0 < info["SupportFilter"]["AcceptanceRate"] < 1
     # every kept point lies where the fODF is (within the interpolation's reach of the mask)

@@ -142,20 +142,47 @@ def expected_acceptance(meta: dict) -> dict | None:
                  if v.get("sha256") == meta.get("sha256")), None)
 
 
-def model_fit(meta: dict, acceptance: float) -> dict:
+def _sampler_key(sampler: dict) -> tuple:
+    """The settings that change the support filter's acceptance: guidance scale, SMC times."""
+    return (round(float(sampler.get("guidance_scale") or 0.0), 6),
+            tuple(round(float(t), 6) for t in sampler.get("smc_times") or ()))
+
+
+def _sampler_words(sampler: dict) -> str:
+    g, smc = _sampler_key(sampler)
+    return (f"guidance scale {g:g}, "
+            + (f"SMC at {', '.join(f'{t:g}' for t in smc)}" if smc else "no SMC"))
+
+
+def model_fit(meta: dict, acceptance: float, sampler: dict | None = None) -> dict:
     """The sidecar's ``ModelFit``: the support filter's acceptance against the one the model
-    showed on its own dev cohort; ``Verdict`` is ``does not fit`` below :data:`MODEL_FIT_RATIO`
-    of it, ``fits`` otherwise, ``unknown`` for a checkpoint without a measured expectation."""
+    showed on its own dev cohort with the same sampler settings (``sampler``: the run's
+    ``guidance_scale`` and ``smc_times``; None: the expectation's own); ``Verdict`` is ``does
+    not fit`` below :data:`MODEL_FIT_RATIO` of it, ``fits`` otherwise, ``unknown`` for a
+    checkpoint without a measured expectation, or none measured with these settings (guidance
+    and SMC lift the acceptance two to three times: an unguided run is not compared with a
+    guided expectation)."""
     entry = expected_acceptance(meta)
     fit = {"Acceptance": round(float(acceptance), 4), "ExpectedAcceptance": None,
            "Ratio": None, "Verdict": "unknown",
            "Message": "no expected acceptance is known for this checkpoint"}
     if entry is None:
         return fit
-    expected = float(entry["acceptance"])
+    measured = [{"sampler": entry.get("sampler") or {}, "acceptance": entry["acceptance"]},
+                *entry.get("other_samplers", [])]
+    want = _sampler_key(sampler if sampler is not None else measured[0]["sampler"])
+    match = next((m for m in measured if _sampler_key(m["sampler"]) == want), None)
+    if match is None:
+        fit["Message"] = ("the expected acceptance of this checkpoint was measured with "
+                          + "; ".join(_sampler_words(m["sampler"]) for m in measured)
+                          + f", not with this run's {_sampler_words(sampler)}: not compared")
+        return fit
+    expected = float(match["acceptance"])
     ratio = acceptance / expected
     fits = ratio >= MODEL_FIT_RATIO
-    fit.update(ExpectedAcceptance=expected, ExpectedFrom=entry.get("measured_on"),
+    fit.update(ExpectedAcceptance=expected,
+               ExpectedFrom=match.get("measured_on", entry.get("measured_on")),
+               ExpectedSampler=_sampler_words(match["sampler"]),
                Ratio=round(ratio, 3), Verdict="fits" if fits else "does not fit")
     fit["Message"] = (
         f"the fODF supports {100 * acceptance:.1f} % of this model's draws, "
@@ -417,7 +444,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         del positions
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    fit = None if support is None else model_fit(meta, accepted / drawn)
+    fit = None if support is None else model_fit(
+        meta, accepted / drawn, {"guidance_scale": guidance_scale if guidance else 0.0,
+                                 "smc_times": list(smc[0]) if smc else []})
     if fit is not None and fit["Verdict"] == "does not fit":
         LOG.warning("model fit: %s", fit["Message"])
     peak = {"PeakRSSMiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
