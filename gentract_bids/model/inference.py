@@ -379,19 +379,19 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                 (n_streamlines - done) / rate * LAST_BATCH_MARGIN))
             return max(1, min(batch_size, max(MIN_BATCH, want), int(max_drawn - drawn)))
 
-        calls = [0]  # network evaluations in the batch being drawn
+        calls = 0  # network evaluations in the batch being drawn
         per_batch = steps * (2 if sampler == "flow" and model.config.flow_method == "midpoint"
                              else 1) + len(smc[0] if smc else ())
 
         def on_call() -> None:
             """A progress line while a long batch is drawn (every PROGRESS_SECONDS)."""
-            nonlocal t_report
-            calls[0] += 1
+            nonlocal t_report, calls
+            calls += 1
             now = time.perf_counter()
             if now - t_report >= PROGRESS_SECONDS:
                 t_report = now
                 LOG.info("sampling: %d/%d streamlines kept, %d drawn; drawing a batch: network "
-                         "evaluation %d of about %d", done, n_streamlines, drawn, calls[0],
+                         "evaluation %d of about %d", done, n_streamlines, drawn, calls,
                          per_batch)
 
         with autocast:
@@ -399,7 +399,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                                               steps=steps, batch_size=next_size,
                                               generator=generator, volume=volume,
                                               guidance=guidance, smc=smc, on_call=on_call):
-                calls[0] = 0
+                calls = 0
                 mm = scaler.to_mm(batch.float().cpu().numpy().astype(np.float64))
                 drawn += len(mm)
                 if support is not None:
