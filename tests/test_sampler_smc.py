@@ -80,30 +80,41 @@ def test_smc_raises_the_support_of_a_batch(weight):
 
 
 def _pool(n, rng):
-    """n candidates: 80 % share one endpoint-pair cell, the rest spread over 40 others."""
+    """n candidates and which are strays: 80 % in 10 endpoint-pair cells with shares
+    proportional to 1/k (a few crowded bundle cores), 20 % strays with both ends anywhere in a
+    2 m cube (cells seen about once)."""
+    k = np.arange(1, 11)
     a = np.zeros((n, 3))
-    crowd = rng.random(n) < 0.8
-    a[~crowd, 1] = 20.0 * rng.integers(1, 41, (~crowd).sum())
+    a[:, 1] = 40.0 * rng.choice(k, n, p=(1 / k) / (1 / k).sum())  # cell centres
     b = a + [40.0, 0, 0]
-    return np.stack([a + rng.normal(0, 1, (n, 3)), b + rng.normal(0, 1, (n, 3))], 1) + 4.0
+    stray = rng.random(n) < 0.2
+    a[stray], b[stray] = rng.uniform(-1000, 1000, (2, stray.sum(), 3))
+    return np.stack([a + rng.normal(0, 1, (n, 3)), b + rng.normal(0, 1, (n, 3))], 1) + 4.0, stray
 
 
-def test_density_acceptance_lowers_the_max_cell_count():
+def test_density_acceptance_spreads_the_cores_and_keeps_its_rate_as_n_grows():
     rng = np.random.default_rng(0)
-    off = DensityAcceptance(1.0)
-    plain = _pool(300, rng)
-    off.counts = {}
-    for cell in off.cells(plain[:200]):  # no density acceptance: the first 200 candidates
+    on, drawn, strays, at = DensityAcceptance(2.0, seed=3), 0, [], {}
+    while on.total < 8000:
+        x, stray = _pool(200, rng)
+        keep = on.accept(x, limit=8000 - on.total)
+        drawn += len(x)
+        strays += list(stray[keep])
+        at.update({m: drawn for m in (1000, 2000, 6000, 8000) if m not in at and on.total >= m})
+    assert on.total == 8000
+    off = DensityAcceptance(1.0)  # no density acceptance: the first 8000 candidates
+    for cell in off.cells(_pool(8000, np.random.default_rng(0))[0]):
         off.counts[cell] = off.counts.get(cell, 0) + 1
-    on, kept = DensityAcceptance(1.0, seed=3), 0
-    while kept < 200:
-        kept += on.accept(_pool(300, rng), limit=200 - kept).sum()
-    assert kept == on.total == 200
-    assert off.max_count() > 140 and on.max_count() < off.max_count() / 2
-    assert len(on.counts) > len(off.counts) + 3
-    again = DensityAcceptance(1.0, seed=3)
-    np.testing.assert_array_equal(again.accept(plain), DensityAcceptance(1.0, seed=3)
-                                  .accept(plain))
+    assert off.max_count() > 2000 and on.max_count() < off.max_count() / 2  # the cores thin out
+    # scale-free: the rate kept from 6000 to 8000 is near that from 1000 to 2000 (here 0.48 and
+    # 0.56). The first reference, the mean count of the occupied cells, kept 0.21 of the
+    # candidates and 98 % strays after 6000: every stray cell lowered it.
+    early, late = 1000 / (at[2000] - at[1000]), 2000 / (at[8000] - at[6000])
+    assert early > 0.4 and late > 0.75 * early
+    assert np.mean(strays[6000:]) < 0.6
+    x, _ = _pool(300, rng)
+    np.testing.assert_array_equal(DensityAcceptance(1.0, seed=3).accept(x),
+                                  DensityAcceptance(1.0, seed=3).accept(x))
     with pytest.raises(ValueError):
         DensityAcceptance(0.0)
 
