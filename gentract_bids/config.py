@@ -77,6 +77,9 @@ class Evaluation:
     min_bundle_streamlines: int = 10
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")  # --precision: the network's while it samples
+
+
 @dataclass
 class Model:
     path: Path | None = None  # None: the shipped checkpoint
@@ -89,6 +92,7 @@ class Model:
     smc_times: list[float] = field(default_factory=list)  # SMC resampling times; []: off
     density_strength: float = 0.0  # density-aware acceptance (coverage); 0: off
     connectivity_prior: bool = False  # the checkpoint's endpoint-pair prior (the CLI: on)
+    precision: str = "auto"  # the network's number format while sampling: auto | float32 | bfloat16
 
 
 @dataclass

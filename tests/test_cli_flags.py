@@ -90,6 +90,21 @@ def test_plugin_and_sampler_follow_the_budget(tmp_path, monkeypatch):
     assert name == "MultiProc" and args["n_procs"] == 2 and args["memory_gb"] == 1.0
 
 
+def test_precision_reaches_the_sampling_node(tmp_path):
+    from gentract_bids.workflows.base import _tracking_wf
+
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    args = [str(bids), str(tmp_path / "o"), "participant", "--tracker", "none"]
+    assert parse_args(args).model.precision == "auto"
+    config = parse_args(args + ["--precision", "float32"])
+    assert config.model.precision == "float32"
+    wf = _tracking_wf(config, "gentract", "cpu", False, {"sample": 1.0})
+    assert wf.get_node("sample").inputs.precision == "float32"
+    with pytest.raises(SystemExit):
+        parse_args(args + ["--precision", "float16"])
+
+
 def test_config_file_and_command_line_override(tmp_path):
     bids = tmp_path / "bids"
     bids.mkdir()

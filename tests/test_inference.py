@@ -264,3 +264,38 @@ def test_participant_run_prints_stages_and_sampling_progress_once(phantom, tiny_
     ours = [ln for ln in lines if re.match(r"\d\d:\d\d:\d\d gentract", ln)]
     twice = [ln for ln, k in collections.Counter(ours).items() if k > 1]
     assert not twice, twice
+
+
+def test_precision_is_recorded_and_changes_only_the_rounding(tiny_ckpt, zscored_sh, tmp_path):
+    """--precision bfloat16 runs the network under autocast: the streamlines move by rounding
+    only, the same seed gives the same ones, and the sidecar says which format ran."""
+    kw = dict(seed=3, n=200, steps=3)
+    f32, i32 = _sample(tiny_ckpt, zscored_sh, tmp_path / "f.trx", precision="float32", **kw)
+    b16, i16 = _sample(tiny_ckpt, zscored_sh, tmp_path / "b.trx", precision="bfloat16", **kw)
+    again, _ = _sample(tiny_ckpt, zscored_sh, tmp_path / "c.trx", precision="bfloat16", **kw)
+    assert (i32["Precision"], i16["Precision"]) == ("float32", "bfloat16")
+    assert not np.array_equal(f32, b16)  # the autocast acts
+    err = np.linalg.norm(f32 - b16, axis=-1)
+    print(f"bf16 vs fp32: mean {err.mean():.3f} mm, max {err.max():.3f} mm")
+    assert err.mean() < 0.01 * np.ptp(f32)  # the same streamlines, up to rounding
+    np.testing.assert_array_equal(again, b16)
+
+
+def test_auto_precision_is_bfloat16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
+    from gentract_bids.errors import UsageError
+    from gentract_bids.model import inference
+
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert inference.cpu_has_native_bf16(str(with_bf16))
+    assert not inference.cpu_has_native_bf16(str(without))
+    assert not inference.cpu_has_native_bf16(str(tmp_path / "missing"))
+    for native in (True, False):
+        monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda native=native: native)
+        assert inference.resolve_precision("cpu") == ("bfloat16" if native else "float32")
+        assert inference.resolve_precision("cuda") == "bfloat16"
+        assert inference.resolve_precision("cpu", "float32") == "float32"
+        assert inference.resolve_precision("cpu", "bfloat16") == "bfloat16"
+    with pytest.raises(UsageError):
+        inference.resolve_precision("cpu", "float16")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import Config, Evaluation, Execution, Model, Seeds, Workflow
+from ..config import PRECISIONS, Config, Evaluation, Execution, Model, Seeds, Workflow
 from .execution import config_file_defaults, load_bids_filters, load_plugin_file, parse_mem
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 from ..io.bids import bare_labels
@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None,
                    help="streamlines sampled at once (default: from free memory, at most what the "
                         "request needs: N x 4 with the support filter, N without, as a power of two)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the network's number format while it samples: bfloat16 (matrix products "
+                        "in bfloat16, accumulated in float32) or float32; auto: bfloat16 on CUDA "
+                        "and on CPUs with native bfloat16 (avx512_bf16, amx_bf16), else float32 "
+                        "(default: %(default)s)")
     g.add_argument("--step-size", type=float, default=1.0,
                    help="GenTract streamlines are resampled to this step in mm (cubic spline) and "
                         "their ends clipped to the brain mask (default: %(default)s; 0: off)")
@@ -393,7 +398,7 @@ def _model_section(opts, check: bool) -> Model:
     model = Model(path=path, sampler=opts.sampler, steps=opts.steps, batch_size=opts.batch_size,
                   support_threshold=opts.support_threshold or None,
                   guidance_scale=opts.guidance_scale, smc_times=list(opts.smc_times),
-                  density_strength=opts.density_acceptance,
+                  density_strength=opts.density_acceptance, precision=opts.precision,
                   connectivity_prior=(opts.connectivity_prior == "on"
                                       and bool(opts.support_threshold)))
     if check:

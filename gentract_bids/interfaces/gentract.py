@@ -46,6 +46,8 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                             desc="SMC resampling times of the flow (needs the filter); []: off")
     density_strength = traits.Float(0.0, usedefault=True,
                                     desc="density-aware acceptance (needs the filter); 0: off")
+    precision = traits.Enum("auto", "float32", "bfloat16", usedefault=True,
+                            desc="the network's number format while sampling")
     connectivity_prior = traits.Bool(False, usedefault=True,
                                      desc="the checkpoint's endpoint-pair prior, when it carries "
                                           "one (needs the filter)")
@@ -117,7 +119,7 @@ class GenTractSample(SimpleInterface):
             batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device,
             to_subject=to_subject, guidance_scale=guidance, smc_times=smc,
             density_strength=i.density_strength if support is not None else 0.0,
-            connectivity=prior)
+            connectivity=prior, precision=i.precision)
         if optional(i.step_size):
             self._results["metadata"].update(
                 resample_to_step(out, i.step_size, np.asanyarray(ref.dataobj), ref.affine))

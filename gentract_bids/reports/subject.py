@@ -391,7 +391,7 @@ def _provenance_rows(fod_meta: dict, trackers: list[dict]) -> list:
             name = s["Model"].get("Name") if isinstance(s.get("Model"), dict) else None
             bits.append(f"model {name or ''} sha256 {model_sha256(s)}".replace("  ", " "))
         for key, label in (("Sampler", "sampler"), ("Steps", "steps"),
-                           ("BatchSize", "batch size")):
+                           ("Precision", "precision"), ("BatchSize", "batch size")):
             if s.get(key) is not None:
                 bits.append(f"{label} {s[key]}")
         if s.get("Deterministic") is not None:

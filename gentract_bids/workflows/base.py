@@ -235,7 +235,7 @@ def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: boo
             batch_size=mcfg.batch_size, seed=config.seeds.torch % (2**63), device=device,
             output_format=wcfg.output_format, support_threshold=mcfg.support_threshold,
             guidance_scale=mcfg.guidance_scale, smc_times=mcfg.smc_times,
-            density_strength=mcfg.density_strength,
+            density_strength=mcfg.density_strength, precision=mcfg.precision,
             connectivity_prior=mcfg.connectivity_prior, registered=wcfg.registration == "affine",
             step_size=wcfg.step_size,
             mem_gb=hints["sample"],
