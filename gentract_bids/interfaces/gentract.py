@@ -16,6 +16,7 @@ from nipype.interfaces.base import (
 )
 
 from . import optional
+from ..config import PRECISIONS
 
 
 class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
@@ -46,7 +47,7 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                             desc="SMC resampling times of the flow (needs the filter); []: off")
     density_strength = traits.Float(0.0, usedefault=True,
                                     desc="density-aware acceptance (needs the filter); 0: off")
-    precision = traits.Enum("auto", "float32", "bfloat16", usedefault=True,
+    precision = traits.Enum(*PRECISIONS, usedefault=True,
                             desc="the network's number format while sampling")
     connectivity_prior = traits.Bool(False, usedefault=True,
                                      desc="the checkpoint's endpoint-pair prior, when it carries "
