@@ -33,7 +33,8 @@ def resample_streamlines(streamlines, step: float, oversample: int = 20) -> list
     index), which is evaluated ``oversample`` times per segment; the dense curve is then cut at
     equal arc lengths, the last point kept; where it would lie closer than
     :data:`MIN_SEGMENT_MM` to the regular point before it, that point moves to the end instead
-    (the last segment is then up to ``step + MIN_SEGMENT_MM`` long). Deterministic: plain arithmetic, no randomness."""
+    (the last segment is then up to ``step + MIN_SEGMENT_MM`` long). Deterministic: plain
+    arithmetic, no randomness."""
     from scipy.interpolate import CubicSpline
 
     out = []
