@@ -1,6 +1,8 @@
 """Small helpers shared by the tests."""
 
 import hashlib
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +86,12 @@ def whole_brain_tractograms(out: Path) -> dict:
     for f in found:
         models.setdefault(f.entities["model"], []).append(f.filename)
     return {m: sorted(names) for m, names in models.items()}
+
+
+def load_script(path: Path):
+    """A benchmark script imported as a module named after its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod
+    spec.loader.exec_module(mod)
+    return mod

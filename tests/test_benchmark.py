@@ -4,7 +4,6 @@ five trackers, clean + fodnoise) whose tables, JSON and plot are checked for san
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,23 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "phantom_benchmark.py"
 
 
-def _load_script(path: Path):
-    """A benchmark script imported as a module named after its file."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def pb():
-    return _load_script(SCRIPT)
+    return load_script(SCRIPT)
 
 
 def test_fod_noise_is_signed_rician(pb):
@@ -190,7 +181,7 @@ SPEED = REPO / "benchmarks" / "inference_speed.py"
 
 
 def _load_speed():
-    return _load_script(SPEED)
+    return load_script(SPEED)
 
 
 def tiny_speed_model(objective="flow", **kw):
@@ -297,7 +288,7 @@ def test_quick_speed_run(tmp_path):
 def test_time_to_n_searches_the_request_until_n_are_valid():
     """benchmarks/time_to_n.py's search: grow the request by N / valid until a run has N valid
     streamlines; a measured precision (with its margin) sizes the first try."""
-    ttn = _load_script(REPO / "benchmarks" / "time_to_n.py")
+    ttn = load_script(REPO / "benchmarks" / "time_to_n.py")
     asked = []
 
     def run(tracker, request):  # a tracker of precision 0.8 that costs 1 CPU s per streamline

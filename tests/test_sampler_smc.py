@@ -169,12 +169,12 @@ def test_the_options_reach_the_config_and_need_the_filter(tmp_path):
 def test_the_density_replay_benchmark_keeps_what_the_app_keeps():
     """benchmarks/density_replay.py replays the app's reference on a drawn pool: it must keep
     exactly the candidates DensityAcceptance keeps (same cells, order and uniforms)."""
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from density_replay import replay
+    from helpers import load_script
 
+    replay = load_script(Path(__file__).resolve().parents[1] / "benchmarks"
+                         / "density_replay.py").replay
     x, _ = _pool(3000, np.random.default_rng(5))
     app = DensityAcceptance(2.0, seed=0)
     kept = np.flatnonzero(app.accept(x))
