@@ -16,10 +16,14 @@ RSS since exec (``ru_maxrss`` of a child is not per run on Linux: it keeps the p
 mark across fork/vfork + exec); for MRtrix3 runs at least the largest program's ``ru_maxrss`` and
 the process tree's RSS sampled every 0.1 s. GenTract's phases come from its sidecar.
 
-Throughput: ``torch.matmul`` of two square float32 matrices (bf16 too on CUDA) at ``--threads``,
-before and after the GenTract runs, the larger being the peak; sampling FLOPs from
-``FlopCounterMode`` over one transformer call (context cache prebuilt) x calls per streamline x N;
-achieved GFLOP/s = FLOPs / sampling seconds. Writes ``speed.json`` and ``speed.md`` to ``--out``.
+GenTract samples in ``--precision`` (default ``auto``, as the app: bfloat16 on CUDA and on CPUs with
+native bfloat16, else float32). Throughput: ``torch.matmul`` of two square float32 matrices (and
+bfloat16 ones when sampling runs in bfloat16) at ``--threads``, before and after the GenTract runs,
+the larger being the peak; sampling FLOPs from ``FlopCounterMode`` over one transformer call
+(context cache prebuilt) x calls per streamline x N; achieved GFLOP/s = FLOPs / sampling seconds,
+quoted as a fraction of the float32 peak (``fraction_of_matmul_peak``) and of the peak in the
+sampling's own format (``fraction_of_precision_peak``). Writes ``speed.json`` and ``speed.md`` to
+``--out``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Settings:
     device: str = "cpu"
     steps: int | None = None  # None: the checkpoint's
     batch_size: int | None = None  # None: from available memory
+    precision: str = "auto"  # GenTract's number format while sampling (the app's --precision)
     sift_factor: float = 10.0
     tckglobal_niter: float = 2e7
     matmul_size: int = 2048
@@ -86,7 +91,8 @@ def _gentract_job(job: dict) -> dict:
     w0, c0 = time.perf_counter(), _cpu_s()
     info = sample_tractogram(model, meta, fod, out_file, n_streamlines=job["n"],
                              ref_affine=ref.affine, ref_shape=ref.shape[:3], steps=job["steps"],
-                             batch_size=job["batch_size"], seed=job["seed"], device=job["device"])
+                             batch_size=job["batch_size"], seed=job["seed"], device=job["device"],
+                             precision=job["precision"])
     rec = {"wall_s": time.perf_counter() - w0, "cpu_s": _cpu_s() - c0, "sidecar": info,
            "n_streamlines": info["NumberOfStreamlines"], "batch_size": info["BatchSize"],
            "file_mib": out_file.stat().st_size / 2**20}
@@ -256,7 +262,7 @@ def run_benchmark(s: Settings, model_path, out: Path, argv=None) -> dict:
     """Every run; writes ``speed.json`` and ``speed.md`` under ``out`` and returns the results."""
     import torch
 
-    from gentract_bids.model.inference import load_model
+    from gentract_bids.model.inference import load_model, resolve_precision
 
     t_start, loads = time.perf_counter(), [os.getloadavg()[0]]
     out.mkdir(parents=True, exist_ok=True)
@@ -268,11 +274,12 @@ def run_benchmark(s: Settings, model_path, out: Path, argv=None) -> dict:
     del model
     if s.device.startswith("cuda"):  # leave the GPU's memory to the workers' batch sizes
         torch.cuda.empty_cache()
-    dtypes = ["float32"] + (["bfloat16"] if s.device.startswith("cuda") else [])
+    precision = resolve_precision(s.device, s.precision)
+    dtypes = ["float32"] + (["bfloat16"] if precision == "bfloat16" else [])
     matmul = {dt: [matmul_gflops(s.matmul_size, s.threads, s.device, dt)] for dt in dtypes}
     jobs = [{"kind": "gentract", "n": n, "model": str(model_path) if model_path else None,
              "fod": str(fod), "ref": inputs.mask, "steps": s.steps, "batch_size": s.batch_size,
-             "device": s.device, "threads": s.threads} for n in s.sizes]
+             "device": s.device, "threads": s.threads, "precision": precision} for n in s.sizes]
     options = {"ifod2": {"sift_factor": s.sift_factor, "nthreads": s.threads},
                "tckglobal": {"niter": s.tckglobal_niter, "nthreads": s.threads}}
     jobs += [{"kind": k, "n": n, "inputs": asdict(inputs), "options": options[k]}
@@ -285,11 +292,13 @@ def run_benchmark(s: Settings, model_path, out: Path, argv=None) -> dict:
         job.update(seed=s.seed, workdir=str(out / "runs" / f"{job['kind']}_{job['n']}"))
         runs.append(run_worker(job, s.threads, flops))
         loads.append(os.getloadavg()[0])
-    peak = max(m["wall"] for m in matmul[dtypes[-1]])
-    peak_cpu = max(m["cpu"] for m in matmul[dtypes[-1]])
+    peak = max(m["wall"] for m in matmul["float32"])
+    peak_cpu = max(m["cpu"] for m in matmul["float32"])
+    own_peak = max(m["wall"] for m in matmul[precision])
     gen = [r for r in runs if r["tracker"] == "gentract" and r["status"] == "ok"]
     for r in gen:
         r["fraction_of_matmul_peak"] = r["achieved_gflops"] / peak
+        r["fraction_of_precision_peak"] = r["achieved_gflops"] / own_peak
         r["gflop_per_cpu_s"] = r["sampling_gflop"] / r["cpu_s"]  # whole call: a lower bound
         r["cpu_fraction_of_matmul_peak"] = r["gflop_per_cpu_s"] / peak_cpu
     lo, hi = (min(gen, key=lambda r: r["n_requested"]), max(gen, key=lambda r: r["n_requested"])
@@ -300,7 +309,8 @@ def run_benchmark(s: Settings, model_path, out: Path, argv=None) -> dict:
                   "objective": meta["model_config"].get("objective")},
         "subject": inputs.cohort_root,
         "matmul": {"size": s.matmul_size, "threads": s.threads, "gflops": matmul,
-                   "peak_dtype": dtypes[-1], "peak_gflops": peak, "peak_gflop_per_cpu_s": peak_cpu},
+                   "peak_dtype": "float32", "peak_gflops": peak, "peak_gflop_per_cpu_s": peak_cpu,
+                   "sampling_precision": precision, "precision_peak_gflops": own_peak},
         "sampling_flops": flops, "runs": runs,
         "memory_scaling": lo and {"n": [lo["n_streamlines"], hi["n_streamlines"]],
                                   "peak_rss_mib": [lo["peak_rss_mib"], hi["peak_rss_mib"]],
@@ -348,18 +358,21 @@ def markdown_report(res: dict) -> str:
     lines += ["", "## Sampling throughput", "",
               f"Matmul {mm['size']} x {mm['size']} at {mm['threads']} thread(s), before / after "
               f"the GenTract runs: {mat} GFLOP/s; peak ({mm['peak_dtype']}) "
-              f"{mm['peak_gflops']:.1f} GFLOP/s, {mm['peak_gflop_per_cpu_s']:.1f} per CPU-s. One "
+              f"{mm['peak_gflops']:.1f} GFLOP/s, {mm['peak_gflop_per_cpu_s']:.1f} per CPU-s; sampling "
+              f"in {mm['sampling_precision']} (peak {mm['precision_peak_gflops']:.1f}). One "
               f"streamline: {fl['calls_per_streamline']} transformer calls x "
               f"{fl['flops_per_call'] / 1e6:.2f} MFLOP = {fl['flops_per_streamline'] / 1e6:.1f} "
               f"MFLOP ({fl['tokens']} context tokens, {fl['n_points']} points). Per CPU-s: over "
               "the whole call's CPU seconds (context and write included), a lower bound that "
               "other load on the machine does not lower.", "",
               "| N | batch size | sampling GFLOP | sampling s | GFLOP/s | of matmul peak | "
-              "GFLOP per CPU-s | of matmul per CPU-s |", "|" + " ---: |" * 8]
+              f"GFLOP per CPU-s | of matmul per CPU-s | of {mm['sampling_precision']} peak |",
+              "|" + " ---: |" * 9]
     lines += [f"| {r['n_streamlines']} | {r['batch_size']} | {r['sampling_gflop']:.2f} | "
               f"{r['phases']['sampling']:.2f} | {r['achieved_gflops']:.2f} | "
               f"{r['fraction_of_matmul_peak']:.1%} | {r['gflop_per_cpu_s']:.2f} | "
-              f"{r['cpu_fraction_of_matmul_peak']:.1%} |" for r in res["runs"]
+              f"{r['cpu_fraction_of_matmul_peak']:.1%} | {r['fraction_of_precision_peak']:.1%} |"
+              for r in res["runs"]
               if r["tracker"] == "gentract" and r["status"] == "ok"]
     lines += ["", "CPU s: user + system of the tracker call (MRtrix3 programs included). Peak RSS: "
               "the worker's VmHWM (MRtrix3: at least its largest program's ru_maxrss and the "
@@ -368,6 +381,8 @@ def markdown_report(res: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from gentract_bids.config import PRECISIONS
+
     d = Settings()
     p = argparse.ArgumentParser(prog="inference_speed", description=(
         "GenTract sampling speed and memory on one phantom subject, next to MRtrix3 iFOD2 + SIFT "
@@ -384,6 +399,8 @@ def main(argv=None) -> int:
                    help="iFOD2/tckglobal N (default 10000; give none to skip them)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, help="default: from available memory")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="GenTract's number format while sampling (default auto, as the app)")
     p.add_argument("--sift-factor", type=float, help=f"default {d.sift_factor:g} (--quick 2)")
     p.add_argument("--tckglobal-niter", type=float, help=f"default {d.tckglobal_niter:g}")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -393,7 +410,7 @@ def main(argv=None) -> int:
         return worker_main(args.worker)
     kw = dict(QUICK) if args.quick else {}
     for key in ("sizes", "baseline_sizes", "sift_factor", "tckglobal_niter", "steps",
-                "batch_size"):
+                "batch_size", "precision"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
     if args.threads < 1 or min([*kw.get("sizes", [1]), *kw.get("baseline_sizes", [1])]) < 1:

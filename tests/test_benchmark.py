@@ -268,6 +268,10 @@ def test_quick_speed_run(tmp_path):
         assert 0 < g["fraction_of_matmul_peak"] < 1 and 0 < g["cpu_fraction_of_matmul_peak"] < 1
         assert g["gflop_per_cpu_s"] == pytest.approx(g["sampling_gflop"] / g["cpu_s"])
         assert g["sidecar"]["Steps"] == 3 and g["file_mib"] > 0
+        # the sampling's own format (bfloat16 on CPUs that have it): its matmul peak beside
+        assert g["sidecar"]["Precision"] == res["matmul"]["sampling_precision"]
+        assert g["fraction_of_precision_peak"] == pytest.approx(
+            g["achieved_gflops"] / res["matmul"]["precision_peak_gflops"])
         assert not list((out / "runs" / f"gentract_{n}").glob("*.trx"))  # removed after the run
         assert f"| GenTract | {n} | {g['wall_s']:.1f} | {g['cpu_s']:.1f} |" in md
         assert (f"| {g['achieved_gflops']:.2f} | {g['fraction_of_matmul_peak']:.1%} | "
