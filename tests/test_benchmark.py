@@ -308,3 +308,13 @@ def test_time_to_n_searches_the_request_until_n_are_valid():
     asked.clear()
     r = ttn.time_to(1000, "t", 1.0, run, max_tries=1)
     assert asked == [1000] and not r["reached"]
+
+
+def test_context_swap_splits_the_anatomy_into_two_disjoint_hemispheres():
+    """benchmarks/context_swap.py's two datasets: the packaged anatomy's left and right bundles,
+    31 each, disjoint, nothing of the midline (CC, CA, MCP) in either."""
+    swap = load_script(REPO / "benchmarks" / "context_swap.py")
+    left, right = swap.hemisphere_bundles("left"), swap.hemisphere_bundles("right")
+    assert len(left) == len(right) == 31 and not set(left) & set(right)
+    assert {b.replace("_left", "_right") for b in left} == set(right)
+    assert not any(b.startswith(("CC", "CA", "MCP")) for b in left + right)
