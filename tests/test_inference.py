@@ -187,11 +187,13 @@ def test_auto_batch_size_never_exceeds_the_request(monkeypatch):
 
     model = tiny_model()
     monkeypatch.setattr(inference, "_available_bytes", lambda device: 64 << 30)
-    assert inference.auto_batch_size(model) == 8192  # memory alone: the CPU cap
+    cap = inference.CPU_BATCH_CAP
+    assert inference.auto_batch_size(model) == cap == 1024  # memory alone: the CPU cap
     assert inference.auto_batch_size(model, n_streamlines=500) == 512
-    assert inference.auto_batch_size(model, n_streamlines=500, oversampling=4.0) == 2048
+    assert inference.auto_batch_size(model, n_streamlines=500, oversampling=4.0) == cap  # not 2048
     assert inference.auto_batch_size(model, n_streamlines=10) == 64  # the floor
-    assert inference.auto_batch_size(model, n_streamlines=10**6, oversampling=4.0) == 8192
+    assert inference.auto_batch_size(model, n_streamlines=10**6, oversampling=4.0) == cap
+    assert inference.auto_batch_size(model, "cuda", n_streamlines=10**6) == 65536  # GPUs: larger
     monkeypatch.setattr(inference, "_available_bytes", lambda device: 1 << 20)
     assert inference.auto_batch_size(model, n_streamlines=10**6) == 64  # memory still bounds it
 

@@ -113,9 +113,11 @@ def test_transformer_shapes_cache_and_positions():
     cache = tf.precompute_context(ctx1, grid)
     assert isinstance(cache, ContextCache) and cache.batch == 1 and cache.tokens == 12
     k, _ = cache.layer(0, 5)
-    assert k.shape[0] == 5 and k.stride(0) == 0  # broadcast by expand, no copy
+    assert k.shape[0] == 1  # one context serves the batch: its queries attend in one call
+    with pytest.raises(ValueError):
+        tf.precompute_context(ctx1.expand(2, -1, -1), grid).layer(0, 5)
     assert torch.allclose(tf(x, t, cache), raw, atol=1e-6)
-    # a batch-B context equals the broadcast batch-1 context
+    # a batch-B context (one attention call per streamline) equals the shared batch-1 context
     assert torch.allclose(tf(x, t, ctx1.expand(5, -1, -1), grid_shape=grid), raw, atol=1e-6)
     # per-sample timesteps matter
     assert not torch.allclose(tf(x, torch.zeros(5), cache), raw)

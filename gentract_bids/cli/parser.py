@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling steps (default: the model's, 10)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="streamlines sampled at once (default: from free memory, at most what the "
-                        "request needs: N x 4 with the support filter, N without, as a power of two)")
+                        "request needs: N x 4 with the support filter, N without, as a power of two;"
+                        " at most 1024 on a CPU, 65536 on CUDA)")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the network's number format while it samples: bfloat16 (matrix products "
                         "in bfloat16, accumulated in float32) or float32; auto: bfloat16 on CUDA "

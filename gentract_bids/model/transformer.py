@@ -87,12 +87,12 @@ class ContextCache:
         return self.keys[0].shape[2]
 
     def layer(self, i: int, batch: int) -> tuple[Tensor, Tensor]:
+        """Layer ``i``'s keys and values for a batch of ``batch`` streamlines: of that batch, or of
+        batch 1, one context for them all (the layer then attends with all queries at once)."""
         k, v = self.keys[i], self.values[i]
-        if k.shape[0] == batch:
-            return k, v
-        if k.shape[0] != 1:
+        if k.shape[0] not in (1, batch):
             raise ValueError(f"context cache of batch {k.shape[0]} cannot serve a batch of {batch}")
-        return k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+        return k, v
 
 
 # ----------------------------------------------------------------------------- layers
@@ -134,7 +134,16 @@ class StreamlineLayer(nn.Module):
         h = F.scaled_dot_product_attention(q, ks, vs, dropout_p=p)
         x = x + self.drop(self.self_out(self._merge(h)))
         q = self._split(self.cross_q(self.norm2(x)))
-        h = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        b, heads, length, d = q.shape
+        if k.shape[0] == 1 and b > 1:
+            # one context for the whole batch: every point of every streamline is one query of a
+            # single long sequence, one large attention call instead of b small ones (the
+            # result is the same: queries attend independently)
+            q = q.transpose(0, 1).reshape(1, heads, b * length, d)
+            h = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            h = h.reshape(heads, b, length, d).transpose(0, 1)
+        else:
+            h = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         x = x + self.drop(self.cross_out(self._merge(h)))
         return x + self.drop(self.ff(self.norm3(x)))
 
