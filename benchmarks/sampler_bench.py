@@ -92,7 +92,8 @@ def connectivity_variant(spec: str, s: dict, ends):
 
 
 def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Path,
-            smc=(), density: float = 0.0, connectivity=None) -> dict:
+            smc=(), density: float = 0.0, connectivity=None, batch_size: int | None = None
+            ) -> dict:
     from gentract_bids.io.tractogram import load_tractogram
     from gentract_bids.model.inference import sample_tractogram
 
@@ -113,7 +114,8 @@ def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Pa
     c0, w0 = time.process_time(), time.perf_counter()
     info = sample_tractogram(s["net"], s["meta"], s["z"], out, n_streamlines=n, steps=steps,
                              seed=seed, ref_affine=s["ref_affine"], ref_shape=s["ref_shape"],
-                             support=s["support"], to_subject=s["to_subject"], **extra)
+                             support=s["support"], to_subject=s["to_subject"],
+                             batch_size=batch_size, **extra)
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
     del support.filter
     streamlines, _ = load_tractogram(out)
@@ -152,6 +154,7 @@ def main(argv=None) -> int:
                          "space; use --model gentract_human_phantom)")
     ap.add_argument("--model", default="gentract_phantom")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, help="streamlines per batch (default: the app's)")
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--no-score", action="store_true", help="timings only")
     ap.add_argument("--isbi", action="store_true", help="the ISBI 2013 geometry's cohort (out "
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
             for g, sm, d, c in variants:
                 smc = () if sm == "off" else tuple(float(t) for t in sm.split(","))
                 r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out, smc, d,
-                            connectivity_variant(c, s, ends))
+                            connectivity_variant(c, s, ends), a.batch_size)
                 sl = r.pop("streamlines")
                 if not a.no_score:
                     r.update(score_run(sl, cohort, label, st.min_streamlines))
