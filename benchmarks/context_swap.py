@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from phantom.runners import score_run  # noqa: E402
 from sampler_bench import run_one, subject_setup  # noqa: E402
 
 SIDES = ("left", "right")
+OTHER = {"left": "right", "right": "left"}
 
 
 def hemisphere_bundles(side: str) -> list[str]:
@@ -47,11 +47,14 @@ def hemisphere_bundles(side: str) -> list[str]:
 
 def make_dataset(out: Path, side: str, seed: int) -> Path:
     """A one-subject human phantom with one hemisphere's bundles (made once, then reused)."""
+    from gentract_bids.cli.phantom import main as gentract_phantom
+
     root = out / f"seed{seed}" / f"human-{side}"
     if not (root / "dataset_description.json").exists():
-        subprocess.run([sys.executable, "-m", "gentract_bids.cli.phantom", str(root), "--anatomy",
-                        "human", "--n-subjects", "1", "--seed", str(seed), "--bundles",
-                        ",".join(hemisphere_bundles(side))], check=True)
+        code = gentract_phantom([str(root), "--anatomy", "human", "--n-subjects", "1", "--seed",
+                                 str(seed), "--bundles", ",".join(hemisphere_bundles(side))])
+        if code:
+            raise SystemExit(f"gentract-phantom failed ({code}) for {root}")
     return root
 
 
@@ -75,8 +78,7 @@ def main(argv=None) -> int:
     min_streamlines = Settings().min_streamlines
     rows = []
     for side in SIDES:
-        other = SIDES[1 - SIDES.index(side)]
-        for context in (side, other):
+        for context in (side, OTHER[side]):
             s = dict(setups[side], z=setups[context]["z"])
             t0 = time.time()
             r = run_one(s, a.n, 10, a.sample_seed, DEFAULT_GUIDANCE_SCALE, a.out,
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
                               for k, v in r.items()}, default=str), flush=True)
     for side in SIDES:
         own, swapped = (next(r for r in rows if r["subject"] == side and r["context"] == c)
-                        for c in (side, SIDES[1 - SIDES.index(side)]))
+                        for c in (side, OTHER[side]))
         print(f"{side}: valid per draw {own['valid_per_draw']:.3f} own context, "
               f"{swapped['valid_per_draw']:.3f} the other hemisphere's "
               f"(ratio {swapped['valid_per_draw'] / max(own['valid_per_draw'], 1e-9):.2f})")
