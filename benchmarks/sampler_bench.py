@@ -92,8 +92,8 @@ def connectivity_variant(spec: str, s: dict, ends):
 
 
 def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Path,
-            smc=(), density: float = 0.0, connectivity=None, batch_size: int | None = None
-            ) -> dict:
+            smc=(), density: float = 0.0, connectivity=None, batch_size: int | None = None,
+            schedule: str = "uniform") -> dict:
     from gentract_bids.io.tractogram import load_tractogram
     from gentract_bids.model.inference import sample_tractogram
 
@@ -101,6 +101,7 @@ def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Pa
     extra.update({"smc_times": smc} if smc else {})
     extra.update({"density_strength": density} if density else {})
     extra.update({"connectivity": connectivity} if connectivity is not None else {})
+    extra.update({"time_schedule": schedule} if schedule != "uniform" else {})
     out = workdir / "sampled.trx"
     support, filter_cpu = s["support"], [0.0]
 
@@ -144,6 +145,8 @@ def main(argv=None) -> int:
                     "times (e.g. 0.3,0.6) or off")
     ap.add_argument("--density", type=float, nargs="+", default=[0.0],
                     help="density-acceptance strengths (0: off)")
+    ap.add_argument("--schedule", nargs="+", default=["uniform"],
+                    help="flow time grids: uniform, late, early, cosine (model/flow.py)")
     ap.add_argument("--connectivity", nargs="+", default=["off"], help="connectivity-prior "
                     "variants: off, model (the checkpoint's) or CELL:REACH (from "
                     "--connectivity-ends)")
@@ -178,16 +181,17 @@ def main(argv=None) -> int:
         cohort = build_cohort(spec, st, a.out / f"seed{seed}")
         for label in labels:
             s = subject_setup(a.model, cohort, label, register=not a.isbi)
-            variants = [(g, sm, d, c) for g in a.guidance for sm in a.smc for d in a.density
-                        for c in a.connectivity]
-            for g, sm, d, c in variants:
+            variants = [(g, sm, d, c, sc) for g in a.guidance for sm in a.smc
+                        for d in a.density for c in a.connectivity for sc in a.schedule]
+            for g, sm, d, c, sc in variants:
                 smc = () if sm == "off" else tuple(float(t) for t in sm.split(","))
                 r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out, smc, d,
-                            connectivity_variant(c, s, ends), a.batch_size)
+                            connectivity_variant(c, s, ends), a.batch_size, sc)
                 sl = r.pop("streamlines")
                 if not a.no_score:
                     r.update(score_run(sl, cohort, label, st.min_streamlines))
                 r.update(seed=seed, subject=label, guidance=g, smc=sm, density_strength=d,
+                         schedule=sc,
                          connectivity_variant=c,
                          n=a.n, steps=a.steps,
                          threads=a.threads)

@@ -11,7 +11,7 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
 from gentract_bids.model.diffusion import DiffusionObjective, ddim_step
 from gentract_bids.model.encoder import ConditionedEncoder, EncoderConfig, FiLMResBlock
-from gentract_bids.model.flow import FlowMatchingObjective, integrate_ode
+from gentract_bids.model.flow import FlowMatchingObjective, integrate_ode, time_grid
 from gentract_bids.model.gentract import CoordinateScaler, GenTract, GenTractConfig
 from gentract_bids.model.transformer import (ContextCache, StreamlineTransformer,
                                              TransformerConfig)
@@ -306,6 +306,40 @@ def test_flow_objective_sample_and_loss():
     assert obj.loss(oracle, x1, generator=torch.Generator().manual_seed(0)) < 1e-10
     with pytest.raises(ValueError):
         FlowMatchingObjective("rk4")
+
+
+def test_time_schedules_place_the_steps_and_the_smc_mark():
+    assert time_grid(4) == pytest.approx([0, 0.25, 0.5, 0.75, 1])
+    late, early, cosine = (time_grid(10, s) for s in ("late", "early", "cosine"))
+    for g in (late, early, cosine):
+        assert g[0] == 0 and g[-1] == pytest.approx(1) and all(np.diff(g) > 0)
+    assert np.diff(late)[-1] < 0.1 < np.diff(late)[0]  # denser near the data (t = 1)
+    assert np.diff(early)[0] < 0.1 < np.diff(early)[-1]  # denser near the noise
+    assert max(np.diff(cosine)[[0, -1]]) < 0.1 < np.diff(cosine)[5]
+    with pytest.raises(ValueError):
+        time_grid(10, "linear")
+    obj = FlowMatchingObjective()
+    times = []
+
+    def const(x, t):
+        times.append(t[0].item() / 1000)
+        return torch.full_like(x, 0.25)
+
+    g = torch.Generator().manual_seed(1)
+    out = obj.sample(const, (2, 4, 3), steps=10, generator=g, schedule="late")
+    start = torch.randn((2, 4, 3), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(out, start + 0.25, atol=1e-6)  # the step lengths add up to 1
+    assert times == pytest.approx(late[:-1])
+    times.clear()
+    seen = []
+
+    def weight(x1_hat):
+        seen.append(times[-1])  # the SMC's own network call is at the grid time nearest 0.5
+        return torch.ones(len(x1_hat))
+
+    obj.sample(const, (2, 4, 3), steps=10, schedule="late", smc=((0.5,), weight))
+    nearest = min(late, key=lambda t: abs(t - 0.5))
+    assert seen == pytest.approx([nearest]) and nearest != pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------- training sanity

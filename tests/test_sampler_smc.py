@@ -145,6 +145,9 @@ def test_sample_tractogram_runs_smc_and_density_acceptance(tiny_ckpt, zscored_sh
     dens, info_d = run("d.trx", density_strength=2.0)
     assert info_d["DensityAcceptance"]["Strength"] == 2.0 and len(dens) == 40
     assert 0 < info_d["DensityAcceptance"]["MaxCellCount"] <= 40
+    assert info["TimeSchedule"] == "uniform"
+    late, info_l = run("l.trx", time_schedule="late")
+    assert info_l["TimeSchedule"] == "late" and not np.allclose(late, plain)
 
 
 def test_the_options_reach_the_config_and_need_the_filter(tmp_path):

@@ -8,6 +8,7 @@ velocity x1 − x0 (MSE). Sampling integrates dx/dt = v(x, t) from t = 0 to 1 wi
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -19,14 +20,36 @@ TIME_SCALE = 1000.0
 METHODS = ("euler", "midpoint")
 
 
+SCHEDULES = ("uniform", "late", "early", "cosine")
+
+
+def time_grid(steps: int, schedule: str = "uniform") -> list[float]:
+    """The ``steps`` + 1 times 0 = t_0 < ... < t_steps = 1 of the sampler: ``uniform`` k/steps,
+    ``late`` 1 - (1 - s)^2 (denser near the data), ``early`` s^2 (denser near the noise),
+    ``cosine`` (1 - cos(pi s)) / 2 (denser at both ends), s = k/steps."""
+    s = [k / steps for k in range(steps + 1)]
+    if schedule == "uniform":
+        return s
+    if schedule == "late":
+        return [1 - (1 - u) ** 2 for u in s]
+    if schedule == "early":
+        return [u * u for u in s]
+    if schedule == "cosine":
+        return [(1 - math.cos(math.pi * u)) / 2 for u in s]
+    raise ValueError(f"unknown time schedule {schedule!r}; use one of {SCHEDULES}")
+
+
 def integrate_ode(velocity: Callable[[Tensor, float], Tensor], x: Tensor, steps: int,
-                  method: str = "euler", t0: float = 0.0, t1: float = 1.0) -> Tensor:
-    """Fixed-step integration of dx/dt = velocity(x, t) from ``t0`` to ``t1``."""
+                  method: str = "euler", t0: float = 0.0, t1: float = 1.0,
+                  grid: "list[float] | None" = None) -> Tensor:
+    """Integration of dx/dt = velocity(x, t) from ``t0`` to ``t1`` in ``steps`` equal steps,
+    or over the times of ``grid`` when given."""
     if method not in METHODS:
         raise ValueError(f"unknown ODE method {method!r}; use one of {METHODS}")
-    h = (t1 - t0) / steps
-    for k in range(steps):
-        t = t0 + k * h
+    if grid is None:
+        grid = [t0 + k * (t1 - t0) / steps for k in range(steps + 1)]
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        h = t_next - t
         if method == "euler":
             x = x + h * velocity(x, t)
         else:
@@ -58,7 +81,7 @@ class FlowMatchingObjective:
 
     def sample(self, model_fn: ModelFn, shape, steps: int = 10, method: str | None = None,
                generator: torch.Generator | None = None, device="cpu",
-               guidance=None, smc=None) -> Tensor:
+               guidance=None, smc=None, schedule: str = "uniform") -> Tensor:
         """Integrate from x0 ~ N(0, I) (drawn with ``generator``) at t = 0 to t = 1.
 
         ``guidance(x1_hat) -> (b, p, 3)`` (optional) is added to each step's velocity: a
@@ -76,14 +99,16 @@ class FlowMatchingObjective:
             return v if guidance is None else v + guidance(xt + (1.0 - t) * v).to(v.dtype)
 
         method = method or self.method
-        marks = [] if not smc else sorted({k for k in (round(t * steps) for t in smc[0])
-                                           if 0 < k < steps})
+        grid = time_grid(steps, schedule)
+        marks = [] if not smc else sorted(
+            {k for k in (min(range(steps + 1), key=lambda j: abs(grid[j] - t)) for t in smc[0])
+             if 0 < k < steps})
         k0 = 0
         for k in marks:
-            x = integrate_ode(velocity, x, k - k0, method, k0 / steps, k / steps)
-            x = smc_resample(model_fn, x, k / steps, smc[1], generator)
+            x = integrate_ode(velocity, x, k - k0, method, grid=grid[k0:k + 1])
+            x = smc_resample(model_fn, x, grid[k], smc[1], generator)
             k0 = k
-        return integrate_ode(velocity, x, steps - k0, method, k0 / steps, 1.0)
+        return integrate_ode(velocity, x, steps - k0, method, grid=grid[k0:])
 
 
 def systematic_resample(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -200,12 +200,13 @@ class GenTract(nn.Module):
                        sampler: str | None = None, flow_method: str | None = None,
                        n_points: int | None = None,
                        volume: Tensor | None = None, guidance=None,
-                       smc=None, on_call: "Callable[[], None] | None" = None
-                       ) -> Iterator[Tensor]:
+                       smc=None, on_call: "Callable[[], None] | None" = None,
+                       schedule: str = "uniform") -> Iterator[Tensor]:
         """Yield batches (b, p, 3) of streamlines in [-1, 1] until ``n_streamlines`` are made
         (``None``: full batches for as long as the caller iterates). ``batch_size`` may be a
         function called before each batch for its size (the caller sizes its last batch);
-        ``guidance`` and ``smc`` (flow objective): see :meth:`FlowMatchingObjective.sample`.
+        ``guidance``, ``smc`` and ``schedule`` (flow objective): see
+        :meth:`FlowMatchingObjective.sample`.
         ``on_call`` (optional) is called after every network evaluation (progress within a
         batch).
 
@@ -244,7 +245,8 @@ class GenTract(nn.Module):
                 else:
                     out = self.objective.sample(fn, shape, steps=steps, method=flow_method,
                                                 generator=generator, device=device,
-                                                guidance=guidance, smc=smc)
+                                                guidance=guidance, smc=smc,
+                                                schedule=schedule)
                 done += b
                 yield out / self.config.data_scale
         finally:

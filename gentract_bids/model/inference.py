@@ -298,6 +298,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                       context: torch.Tensor | None = None, support=None,
                       to_subject=None, guidance_scale: float = 0.0, smc_times=(),
                       density_strength: float = 0.0, connectivity=None,
+                      time_schedule: str = "uniform",
                       precision: str = "auto") -> dict:
     """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
 
@@ -322,6 +323,10 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     :class:`~gentract_bids.model.support.SupportWeight`).
     ``density_strength`` > 0 (with ``support``): supported streamlines are kept by a
     density-aware acceptance (:class:`~gentract_bids.model.support.DensityAcceptance`).
+    ``time_schedule`` (flow models): the times of the ``steps`` ODE steps,
+    :func:`~gentract_bids.model.flow.time_grid` (``uniform``, the default, ``late``, ``early`` or
+    ``cosine``).
+
     ``connectivity`` (a :class:`~gentract_bids.model.connectivity.ConnectivityPrior`, with
     ``support``): supported streamlines whose endpoint pair the training cohort never joins are
     rejected, and weigh almost nothing in the SMC resampling. ``precision``: the network's number
@@ -433,7 +438,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
             for batch in model.sample_batches(context, None if support else n_streamlines,
                                               steps=steps, batch_size=next_size,
                                               generator=generator, volume=volume,
-                                              guidance=guidance, smc=smc, on_call=on_call):
+                                              guidance=guidance, smc=smc, on_call=on_call,
+                                              schedule=time_schedule):
                 calls = 0
                 mm = scaler.to_mm(batch.float().cpu().numpy().astype(np.float64))
                 drawn += len(mm)
@@ -496,6 +502,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                   "TrainedOn": meta.get("provenance", {}).get("train_subjects")},
         "Sampler": sampler,
         "FlowMethod": model.config.flow_method if sampler == "flow" else None,
+        "TimeSchedule": time_schedule if sampler == "flow" else None,
         "Steps": steps,
         "RandomSeed": int(seed),
         "Device": device,
