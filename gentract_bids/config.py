@@ -78,6 +78,7 @@ class Evaluation:
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")  # --precision: the network's while it samples
+SCHEDULES = ("uniform", "late", "early", "cosine")  # the flow sampler's time grids
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Model:
     guidance_scale: float = 0.0  # fODF guidance of the flow steps; 0: off (the CLI: 0.03)
     smc_times: list[float] = field(default_factory=list)  # SMC resampling times; []: off
     density_strength: float = 0.0  # density-aware acceptance (coverage); 0: off
+    time_schedule: str = "uniform"  # the flow's time grid (model/flow.py time_grid)
     connectivity_prior: bool = False  # the checkpoint's endpoint-pair prior (the CLI: on)
     precision: str = "auto"  # the network's number format while sampling: auto | float32 | bfloat16
 

@@ -163,10 +163,14 @@ def test_the_options_reach_the_config_and_need_the_filter(tmp_path):
     assert model.smc_times == [] and model.density_strength == 0.0
     model = parse_args(args + ["--smc-times", "0.5", "--density-acceptance", "2"]).model
     assert model.smc_times == [0.5] and model.density_strength == 2.0
+    assert model.time_schedule == "uniform"
+    assert parse_args(args + ["--time-schedule", "late"]).model.time_schedule == "late"
     for bad in (["--smc-times", "1.5"], ["--density-acceptance", "-1"],
                 ["--smc-times", "0.5", "--support-threshold", "0"]):
         with pytest.raises(UsageError):
             parse_args(args + bad)
+    with pytest.raises(SystemExit):
+        parse_args(args + ["--time-schedule", "linear"])
 
 
 def test_the_density_replay_benchmark_keeps_what_the_app_keeps():

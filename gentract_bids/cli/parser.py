@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import PRECISIONS, Config, Evaluation, Execution, Model, Seeds, Workflow
+from ..config import PRECISIONS, SCHEDULES, Config, Evaluation, Execution, Model, Seeds, Workflow
 from .execution import config_file_defaults, load_bids_filters, load_plugin_file, parse_mem
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 from ..io.bids import bare_labels
@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep supported streamlines less often where the kept ones' endpoint "
                         "pairs are crowded (coverage; needs the support filter; default: "
                         f"{DEFAULT_DENSITY_STRENGTH} with the filter, off without it; 0: off)")
+    g.add_argument("--time-schedule", choices=SCHEDULES, default="uniform",
+                   help="the times of the flow sampler's --steps: uniform (k / steps), late "
+                        "(denser near the data: the draws spread wider over each bundle, a "
+                        "little less precise), early, cosine (default: %(default)s; "
+                        "docs/benchmarks.md, Sampler)")
     g.add_argument("--connectivity-prior", choices=("on", "off"), default="off",
                    help="reject supported streamlines whose two ends join places that no "
                         "streamline of the model's training cohort joins (the checkpoint's "
@@ -400,6 +405,7 @@ def _model_section(opts, check: bool) -> Model:
                   support_threshold=opts.support_threshold or None,
                   guidance_scale=opts.guidance_scale, smc_times=list(opts.smc_times),
                   density_strength=opts.density_acceptance, precision=opts.precision,
+                  time_schedule=opts.time_schedule,
                   connectivity_prior=(opts.connectivity_prior == "on"
                                       and bool(opts.support_threshold)))
     if check:

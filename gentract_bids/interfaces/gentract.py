@@ -16,7 +16,7 @@ from nipype.interfaces.base import (
 )
 
 from . import optional
-from ..config import PRECISIONS
+from ..config import PRECISIONS, SCHEDULES
 
 
 class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
@@ -47,6 +47,8 @@ class _GenTractSampleInputSpec(BaseInterfaceInputSpec):
                             desc="SMC resampling times of the flow (needs the filter); []: off")
     density_strength = traits.Float(0.0, usedefault=True,
                                     desc="density-aware acceptance (needs the filter); 0: off")
+    time_schedule = traits.Enum(*SCHEDULES, usedefault=True,
+                                desc="the flow sampler's time grid (model/flow.py time_grid)")
     precision = traits.Enum(*PRECISIONS, usedefault=True,
                             desc="the network's number format while sampling")
     connectivity_prior = traits.Bool(False, usedefault=True,
@@ -120,7 +122,8 @@ class GenTractSample(SimpleInterface):
             batch_size=optional(i.batch_size), seed=i.random_seed, device=i.device,
             to_subject=to_subject, guidance_scale=guidance, smc_times=smc,
             density_strength=i.density_strength if support is not None else 0.0,
-            connectivity=prior, precision=i.precision)
+            connectivity=prior, precision=i.precision,
+            time_schedule=i.time_schedule if flow else "uniform")
         if optional(i.step_size):
             self._results["metadata"].update(
                 resample_to_step(out, i.step_size, np.asanyarray(ref.dataobj), ref.affine))

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import SCHEDULES
+
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 TIME_SCALE = 1000.0
 METHODS = ("euler", "midpoint")
 
 
-SCHEDULES = ("uniform", "late", "early", "cosine")
 
 
 def time_grid(steps: int, schedule: str = "uniform") -> list[float]:

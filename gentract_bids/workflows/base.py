@@ -236,6 +236,7 @@ def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: boo
             output_format=wcfg.output_format, support_threshold=mcfg.support_threshold,
             guidance_scale=mcfg.guidance_scale, smc_times=mcfg.smc_times,
             density_strength=mcfg.density_strength, precision=mcfg.precision,
+            time_schedule=mcfg.time_schedule,
             connectivity_prior=mcfg.connectivity_prior, registered=wcfg.registration == "affine",
             step_size=wcfg.step_size,
             mem_gb=hints["sample"],

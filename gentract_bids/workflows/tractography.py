@@ -88,6 +88,7 @@ def init_gentract_tractography_wf(
     smc_times=(),
     density_strength: float = 0.0,
     precision: str = "auto",
+    time_schedule: str = "uniform",
     connectivity_prior: bool = False,
     registered: bool = False,
     step_size: float | None = 1.0,
@@ -120,7 +121,7 @@ def init_gentract_tractography_wf(
                                     guidance_scale=guidance_scale, step_size=step_size,
                                     smc_times=list(smc_times),
                                     density_strength=density_strength,
-                                    precision=precision,
+                                    precision=precision, time_schedule=time_schedule,
                                     connectivity_prior=connectivity_prior),
                      name="sample", mem_gb=mem_gb)  # the sampler's batches stay inside --mem
     links = [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]
