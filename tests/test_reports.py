@@ -122,6 +122,8 @@ def test_subject_reports_have_every_section(run):
                                                  f"{metrics['n_bundles']}")
         assert float(rows["mean F1"]) == pytest.approx(metrics["mean_f1"], abs=5e-4)
         assert float(rows["streamlines per second"]) > 0
+        summary = page.tables["summary"]
+        assert summary[0][-1] == "model fit" and summary[1][-1] == "–"  # a baseline: no verdict
         timings = {r[0] for r in page.tables["timings"]}
         assert {"TrackingSeconds", "EvaluationSeconds"} <= timings
         # provenance and the command line

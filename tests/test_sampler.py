@@ -19,7 +19,7 @@ from gentract_bids.model.inference import (EXPECTED_ACCEPTANCE_FILE, MODEL_FIT_R
                                            model_fit)
 from gentract_bids.model.support import (DEFAULT_GUIDANCE_SCALE, GUIDANCE_CAP, FodGuidance,
                                          FodSupport)
-from gentract_bids.reports.model_fit import model_fit_box
+from gentract_bids.reports.model_fit import model_fit_box, model_fit_cell
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,10 @@ def test_model_fit_says_plainly_when_the_model_does_not_fit():
     assert bad["Verdict"] == "does not fit" and bad["Ratio"] < MODEL_FIT_RATIO
     assert "does not fit this subject" in bad["Message"]
     assert model_fit({"sha256": "0" * 64}, 0.5)["Verdict"] == "unknown"
+    assert model_fit_cell({"ModelFit": bad}) == f"does not fit ({bad['Ratio']:.2f} of expected)"
+    assert model_fit_cell({"ModelFit": ok}) == "fits (0.90 of expected)"
+    assert model_fit_cell({"ModelFit": model_fit({"sha256": "0" * 64}, 0.5)}) == "unknown"
+    assert model_fit_cell({}) == "–"
     box = model_fit_box({"ModelFit": bad})
     assert "Warning: the model does not fit this subject" in box and "0.0022" in box
     assert model_fit_box({"ModelFit": ok}) == "" == model_fit_box({})

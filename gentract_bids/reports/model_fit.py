@@ -11,6 +11,18 @@ def model_fit_warning(sidecar: dict) -> dict | None:
     return fit if fit.get("Verdict") == "does not fit" else None
 
 
+def model_fit_cell(sidecar: dict) -> str:
+    """The Summary table's "model fit" cell: the verdict and the acceptance as a fraction of the
+    model's expected one (``fits (0.95 of expected)``), ``unknown``, or ``–`` without a
+    ``ModelFit`` (no support filter, or a baseline tracker)."""
+    fit = (sidecar or {}).get("ModelFit") or {}
+    verdict = fit.get("Verdict")
+    if not verdict:
+        return "–"
+    ratio = fit.get("Ratio")
+    return verdict if ratio is None or verdict == "unknown" else f"{verdict} ({ratio:.2f} of expected)"
+
+
 def model_fit_box(sidecar: dict) -> str:
     """The warning box's HTML (escaped) when the model does not fit, else ''."""
     from .html import macro

@@ -19,7 +19,7 @@ from ..io.bids import SERIES_ENTITIES, output_prefix
 from .bundles import MANY_BUNDLES, bundle_group, grouped, sort_key
 from ..references import REFS, reference_text
 from .html import fmt
-from .model_fit import model_fit_warning
+from .model_fit import model_fit_cell, model_fit_warning
 
 FOD_GLOB = "*_space-dwi_model-csd_param-fod_dwimap.json"
 TRACKER_NAMES = {"gentract": "GenTract", "ifod2": "MRtrix3 iFOD2", "sdstream": "MRtrix3 SD_Stream",
@@ -508,7 +508,7 @@ def write_subject_report(output_dir, subject, *, config: dict | None = None,
                                           "text": t["model"]},
                             met.get("mode", "none"), fmt(t["n_streamlines"]),
                             fmt(met.get("precision")), found, fmt(met.get("mean_f1")),
-                            fmt(t["streamlines_per_second"], 1)])
+                            fmt(t["streamlines_per_second"], 1), model_fit_cell(t["sidecar"])])
     text, cites = methods_paragraph(series_list)
     html = render(
         "subject.html.j2", title=f"gentract: sub-{subject}", subject=subject, series=views,
