@@ -356,10 +356,15 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    precision = resolve_precision(device, precision)
+
+    def autocast():
+        return (torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+                if precision == "bfloat16" else nullcontext())
     vol = sh_tensor(model, zscored_sh, device) if context is None or model.uses_volume else None
-    if context is None:
-        with torch.inference_mode():
-            context = model.encode_context(vol)
+    if context is None:  # under the sampling's number format too: 4x faster in bfloat16
+        with torch.inference_mode(), autocast():
+            context = model.encode_context(vol).float()
     volume = vol if model.uses_volume else None  # local fODF features sample it at every step
     t_context = time.perf_counter() - t0
 
@@ -390,9 +395,6 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
             raise UsageError("--density-acceptance needs the support filter")
         density = DensityAcceptance(density_strength, seed=int(seed))
     generator = torch.Generator(device=device).manual_seed(int(seed))
-    precision = resolve_precision(device, precision)
-    autocast = (torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
-                if precision == "bfloat16" else nullcontext())
     tmp = Path(tempfile.mkdtemp(prefix=".gentract-", dir=out_file.parent))
     try:
         # the TRX on-disk layout, filled batch by batch through a memory map
@@ -434,7 +436,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                          "evaluation %d of about %d", done, n_streamlines, drawn, calls,
                          per_batch)
 
-        with autocast:
+        with autocast():
             for batch in model.sample_batches(context, None if support else n_streamlines,
                                               steps=steps, batch_size=next_size,
                                               generator=generator, volume=volume,
