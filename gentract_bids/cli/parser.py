@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_DENSITY_STRENGTH} with the filter, off without it; 0: off)")
     g.add_argument("--time-schedule", choices=SCHEDULES, default="uniform",
                    help="the times of the flow sampler's --steps: uniform (k / steps), late "
-                        "(denser near the data: the draws spread wider over each bundle, a "
-                        "little less precise), early, cosine (default: %(default)s; "
+                        "(denser near the data: the draws spread wider over each bundle, with "
+                        "more overreach), early, cosine (default: %(default)s; "
                         "docs/benchmarks.md, Sampler)")
     g.add_argument("--connectivity-prior", choices=("on", "off"), default="off",
                    help="reject supported streamlines whose two ends join places that no "

@@ -123,7 +123,7 @@ class GenTractSample(SimpleInterface):
             to_subject=to_subject, guidance_scale=guidance, smc_times=smc,
             density_strength=i.density_strength if support is not None else 0.0,
             connectivity=prior, precision=i.precision,
-            time_schedule=i.time_schedule if flow else "uniform")
+            time_schedule=i.time_schedule)
         if optional(i.step_size):
             self._results["metadata"].update(
                 resample_to_step(out, i.step_size, np.asanyarray(ref.dataobj), ref.affine))

@@ -22,8 +22,6 @@ TIME_SCALE = 1000.0
 METHODS = ("euler", "midpoint")
 
 
-
-
 def time_grid(steps: int, schedule: str = "uniform") -> list[float]:
     """The ``steps`` + 1 times 0 = t_0 < ... < t_steps = 1 of the sampler: ``uniform`` k/steps,
     ``late`` 1 - (1 - s)^2 (denser near the data), ``early`` s^2 (denser near the noise),
@@ -48,7 +46,7 @@ def integrate_ode(velocity: Callable[[Tensor, float], Tensor], x: Tensor, steps:
     if method not in METHODS:
         raise ValueError(f"unknown ODE method {method!r}; use one of {METHODS}")
     if grid is None:
-        grid = [t0 + k * (t1 - t0) / steps for k in range(steps + 1)]
+        grid = [t0 + (t1 - t0) * u for u in time_grid(steps)]
     for t, t_next in zip(grid[:-1], grid[1:]):
         h = t_next - t
         if method == "euler":

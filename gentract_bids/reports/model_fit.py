@@ -20,7 +20,9 @@ def model_fit_cell(sidecar: dict) -> str:
     if not verdict:
         return "–"
     ratio = fit.get("Ratio")
-    return verdict if ratio is None or verdict == "unknown" else f"{verdict} ({ratio:.2f} of expected)"
+    if ratio is None or verdict == "unknown":
+        return verdict
+    return f"{verdict} ({ratio:.2f} of expected)"
 
 
 def model_fit_box(sidecar: dict) -> str:
