@@ -119,7 +119,8 @@ def test_density_acceptance_spreads_the_cores_and_keeps_its_rate_as_n_grows():
         DensityAcceptance(0.0)
 
 
-def test_sample_tractogram_runs_smc_and_density_acceptance(tiny_ckpt, zscored_sh, tmp_path):
+def test_sample_tractogram_runs_smc_and_density_acceptance(tiny_ckpt, zscored_sh, tmp_path,
+                                                            caplog):
     from test_support import _half_space_support
 
     from gentract_bids.io.tractogram import load_tractogram
@@ -146,8 +147,10 @@ def test_sample_tractogram_runs_smc_and_density_acceptance(tiny_ckpt, zscored_sh
     assert info_d["DensityAcceptance"]["Strength"] == 2.0 and len(dens) == 40
     assert 0 < info_d["DensityAcceptance"]["MaxCellCount"] <= 40
     assert info["TimeSchedule"] == "uniform"
-    late, info_l = run("l.trx", time_schedule="late")
+    with caplog.at_level("INFO", logger="gentract"):
+        late, info_l = run("l.trx", time_schedule="late")
     assert info_l["TimeSchedule"] == "late" and not np.allclose(late, plain)
+    assert "on the late time grid" in caplog.text  # the log names the grid, as the sidecar does
 
 
 def test_the_options_reach_the_config_and_need_the_filter(tmp_path):

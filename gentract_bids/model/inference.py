@@ -404,8 +404,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         done = drawn = accepted = connected = 0
         t_support = 0.0
         max_drawn = None if support is None else support.settings.max_oversampling * n_streamlines
-        LOG.info("sampling %d streamlines on %s (%s) in batches of %d (%s, %d steps%s)",
-                 n_streamlines, device, precision, batch_size, sampler, steps,
+        grid = f" on the {time_schedule} time grid" if sampler == "flow" else ""
+        LOG.info("sampling %d streamlines on %s (%s) in batches of %d (%s, %d steps%s%s)",
+                 n_streamlines, device, precision, batch_size, sampler, steps, grid,
                  ", support filter" if support else "")
         reported, t_report = 0, t1
         known = expected_acceptance(meta)  # the first batch's guess, else 1 in 4
