@@ -10,6 +10,7 @@ own path (canonical grid, z-score, registration to the model's template, support
 scored against the ground truth. Prints one line per run and writes ``sampler.json``::
 
     python benchmarks/sampler_bench.py --seed 7 --n 1000 --guidance 0 1 3
+    python benchmarks/sampler_bench.py --seed 1000 --labels 01 02 03 --n 3000 --alone  # no filter
 """
 
 from __future__ import annotations
@@ -104,26 +105,27 @@ def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Pa
     extra.update({"time_schedule": schedule} if schedule != "uniform" else {})
     out = workdir / "sampled.trx"
     support, filter_cpu = s["support"], [0.0]
+    if support is not None:
+        def timed_filter(x, _filter=type(support).filter):  # the filter's own CPU seconds
+            c = time.process_time()
+            kept = _filter(support, x)
+            filter_cpu[0] += time.process_time() - c
+            return kept
 
-    def timed_filter(x, _filter=type(support).filter):  # the filter's own CPU seconds
-        c = time.process_time()
-        kept = _filter(support, x)
-        filter_cpu[0] += time.process_time() - c
-        return kept
-
-    support.filter = timed_filter
+        support.filter = timed_filter
     c0, w0 = time.process_time(), time.perf_counter()
     info = sample_tractogram(s["net"], s["meta"], s["z"], out, n_streamlines=n, steps=steps,
                              seed=seed, ref_affine=s["ref_affine"], ref_shape=s["ref_shape"],
-                             support=s["support"], to_subject=s["to_subject"],
+                             support=support, to_subject=s["to_subject"],
                              batch_size=batch_size, **extra)
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    del support.filter
+    if support is not None:
+        del support.filter
     streamlines, _ = load_tractogram(out)
     out.unlink()
     t = info["Timings"]
     return {"kept": info["NumberOfStreamlines"], "drawn": info["NumberSampled"],
-            "acceptance": info["SupportFilter"]["AcceptanceRate"],  # supported / drawn
+            "acceptance": (info["SupportFilter"] or {}).get("AcceptanceRate"),  # supported / drawn
             "batch_size": info["BatchSize"], "sampling_s": t["SamplingSeconds"],
             "support_s": t["SupportSeconds"], "support_cpu_s": filter_cpu[0], "cpu_s": cpu,
             "wall_s": wall,
@@ -160,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, help="streamlines per batch (default: the app's)")
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--no-score", action="store_true", help="timings only")
+    ap.add_argument("--alone", action="store_true", help="the model alone: no support filter "
+                    "(so no guidance, SMC or density step either), --n raw draws")
     ap.add_argument("--isbi", action="store_true", help="the ISBI 2013 geometry's cohort (out "
                     "of the tube model's family) instead of the base cohort, not registered "
                     "(its brain is not the tubes' template)")
@@ -181,6 +185,8 @@ def main(argv=None) -> int:
         cohort = build_cohort(spec, st, a.out / f"seed{seed}")
         for label in labels:
             s = subject_setup(a.model, cohort, label, register=not a.isbi)
+            if a.alone:
+                s["support"] = None
             variants = [(g, sm, d, c, sc) for g in a.guidance for sm in a.smc
                         for d in a.density for c in a.connectivity for sc in a.schedule]
             for g, sm, d, c, sc in variants:
