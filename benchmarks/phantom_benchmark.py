@@ -141,16 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the app's fODF support filter for the gentract trackers, with the "
                         "subject's own fODF (default: the app's, %(default)s; 0: off; the "
                         "gentract-alone tracker always runs without it)")
-    p.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
-                   help="the app's fODF guidance of the flow steps (default: the app's, "
-                        "%(default)s; 0: off)")
-    p.add_argument("--smc-times", type=float, nargs="+", default=list(DEFAULT_SMC_TIMES),
-                   metavar="T", help="the app's SMC resampling times (default: the app's, "
-                   "%(default)s; 0: off)")
-    p.add_argument("--density-acceptance", type=float, default=DEFAULT_DENSITY_STRENGTH,
-                   help="the app's density-aware acceptance (default: the app's, %(default)s)")
-    p.add_argument("--connectivity-prior", choices=("on", "off"), default="off",
-                   help="the checkpoint's endpoint-pair prior (default: the app's, %(default)s)")
+    # the sampler's four: default the app's for the model (its checkpoint's sampler_defaults,
+    # else the app's own: guidance 0.03, SMC at 0.5, density 2, prior off)
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="the app's fODF guidance of the flow steps (default: the app's for the "
+                        f"model, else {DEFAULT_GUIDANCE_SCALE}; 0: off)")
+    p.add_argument("--smc-times", type=float, nargs="+", default=None,
+                   metavar="T", help="the app's SMC resampling times (default: the app's for "
+                   f"the model, else {' '.join(map(str, DEFAULT_SMC_TIMES))}; 0: off)")
+    p.add_argument("--density-acceptance", type=float, default=None,
+                   help="the app's density-aware acceptance (default: the app's for the model, "
+                        f"else {DEFAULT_DENSITY_STRENGTH})")
+    p.add_argument("--connectivity-prior", choices=("on", "off"), default=None,
+                   help="the checkpoint's endpoint-pair prior (default: the app's for the "
+                        "model, else off)")
     return p
 
 
@@ -178,9 +182,12 @@ def main(argv=None) -> int:
     gentract_options = {}
     if gentract:
         from gentract_bids.io.checkpoint import read_checkpoint_metadata
-        from gentract_bids.model.inference import HUMAN_MODEL, TUBE_MODEL
+        from gentract_bids.model.inference import HUMAN_MODEL, TUBE_MODEL, sampler_defaults
 
         model = args.model or (HUMAN_MODEL if args.anatomy == "human" else TUBE_MODEL)
+        for key, value in sampler_defaults(model).items():  # the app's, for this model
+            if getattr(args, key) is None:
+                setattr(args, key, value)
         gentract_options = {"model": str(model), "steps": args.steps,
                             "sha256": read_checkpoint_metadata(model)["sha256"],
                             "support_threshold": args.support_threshold or None,

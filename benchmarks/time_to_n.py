@@ -47,17 +47,20 @@ from phantom.runners import run_tracker, score_run  # noqa: E402
 TRACKERS = ("gentract", "sdstream", "ifod2")
 
 
-def gentract_options(anatomy: str, connectivity_prior: bool) -> dict:
-    """The app's defaults for the shipped model of ``anatomy``."""
+def gentract_options(anatomy: str, connectivity_prior: bool | None = None) -> dict:
+    """The app's defaults for the shipped model of ``anatomy`` (``connectivity_prior``: None,
+    the model's default)."""
     from gentract_bids.io.checkpoint import read_checkpoint_metadata
-    from gentract_bids.model.inference import HUMAN_MODEL, TUBE_MODEL
-    from gentract_bids.model.support import (DEFAULT_DENSITY_STRENGTH, DEFAULT_GUIDANCE_SCALE,
-                                             DEFAULT_SMC_TIMES, DEFAULT_THRESHOLD)
+    from gentract_bids.model.inference import HUMAN_MODEL, TUBE_MODEL, sampler_defaults
+    from gentract_bids.model.support import DEFAULT_THRESHOLD
 
     model = HUMAN_MODEL if anatomy == "human" else TUBE_MODEL
+    d = sampler_defaults(model)
+    if connectivity_prior is None:
+        connectivity_prior = d["connectivity_prior"] == "on"
     return {"model": str(model), "sha256": read_checkpoint_metadata(model)["sha256"],
-            "support_threshold": DEFAULT_THRESHOLD, "guidance_scale": DEFAULT_GUIDANCE_SCALE,
-            "smc_times": list(DEFAULT_SMC_TIMES), "density_strength": DEFAULT_DENSITY_STRENGTH,
+            "support_threshold": DEFAULT_THRESHOLD, "guidance_scale": d["guidance_scale"],
+            "smc_times": list(d["smc_times"]), "density_strength": d["density_acceptance"],
             "connectivity_prior": connectivity_prior}
 
 
@@ -107,7 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trackers", nargs="+", choices=TRACKERS, default=list(TRACKERS))
     ap.add_argument("--sift-factor", type=float, default=2.0)
     ap.add_argument("--max-tries", type=int, default=3)
-    ap.add_argument("--connectivity-prior", choices=("on", "off"), default="off")
+    ap.add_argument("--connectivity-prior", choices=("on", "off"), default=None,
+                    help="default: the app's for the model")
     ap.add_argument("--guess", nargs="+", default=[], metavar="TRACKER=PRECISION",
                     help="a measured precision to size the first request at the smallest N "
                          "(e.g. from an earlier run); default 1")
@@ -124,7 +128,8 @@ def main(argv=None) -> int:
     work = a.out / "work" / cond.cohort.name / f"sub-{a.subject}"
     inputs = subject_inputs(cond, root, a.subject, fods[cond.cohort.name, a.subject], st,
                             work / "clean")
-    options = {"gentract": gentract_options(a.anatomy, a.connectivity_prior == "on"),
+    options = {"gentract": gentract_options(a.anatomy, None if a.connectivity_prior is None
+                                             else a.connectivity_prior == "on"),
                "sdstream": {"sift_factor": a.sift_factor, "nthreads": 1},
                "ifod2": {"sift_factor": a.sift_factor, "nthreads": 1}}
     seed = a.seed + int(a.subject)

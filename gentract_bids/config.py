@@ -95,6 +95,9 @@ class Model:
     time_schedule: str = "uniform"  # the flow's time grid (model/flow.py time_grid)
     connectivity_prior: bool = False  # the checkpoint's endpoint-pair prior (the CLI: on)
     precision: str = "auto"  # the network's number format while sampling: auto | float32 | bfloat16
+    # the sampler options whose default came from the checkpoint's sampler_defaults, as
+    # "--flag value" (for the log)
+    checkpoint_defaults: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -216,3 +216,56 @@ def test_reports_only_and_boilerplate(tiny, tmp_path):
     md = (out2 / "logs" / "CITATION.md").read_text()
     assert "iFOD2" in md and "10.1016/j.neuroimage.2012.11.049" in md
     assert not any(out2.glob("sub-*"))
+
+
+def _checkpoint_with(tmp_path, sampler_defaults):
+    """A copy of the shipped tube checkpoint whose JSON carries ``sampler_defaults``."""
+    import json
+    import shutil
+
+    from gentract_bids.io.checkpoint import seal_metadata
+    from gentract_bids.model.inference import TUBE_MODEL
+
+    for f in TUBE_MODEL.parent.glob(TUBE_MODEL.name + "*"):  # weights, template, prior
+        shutil.copy(f, tmp_path / f.name)
+    stem = tmp_path / TUBE_MODEL.name
+    meta = json.loads(TUBE_MODEL.with_suffix(".json").read_text())
+    meta["sampler_defaults"] = sampler_defaults
+    stem.with_suffix(".json").write_text(json.dumps(seal_metadata(meta)))
+    return stem
+
+
+def test_sampler_defaults_come_from_the_checkpoint(tmp_path):
+    from gentract_bids.cli.parser import SAMPLER_DEFAULTS
+
+    ckpt = _checkpoint_with(tmp_path, {"smc_times": [], "connectivity_prior": "on",
+                                       "density_acceptance": 4.0})
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    m = parse_args([str(bids), str(out), "participant", "--model", str(ckpt)]).model
+    assert (m.smc_times, m.connectivity_prior, m.density_strength) == ([], True, 4.0)
+    assert m.guidance_scale == SAMPLER_DEFAULTS["guidance_scale"]  # not in the checkpoint
+    assert m.checkpoint_defaults == ["--smc-times 0", "--density-acceptance 4.0",
+                                     "--connectivity-prior on"]
+    # what the user gives wins; without the support filter all of them are off
+    m = parse_args([str(bids), str(out), "participant", "--model", str(ckpt), "--smc-times",
+                    "0.4", "--connectivity-prior", "off"]).model
+    assert (m.smc_times, m.connectivity_prior, m.density_strength) == ([0.4], False, 4.0)
+    m = parse_args([str(bids), str(out), "participant", "--model", str(ckpt),
+                    "--support-threshold", "0"]).model
+    assert (m.guidance_scale, m.smc_times, m.density_strength, m.connectivity_prior) == \
+        (0.0, [], 0.0, False)
+    # a checkpoint without sampler_defaults: the app's
+    m = parse_args([str(bids), str(out), "participant", "--model", "gentract_phantom"]).model
+    assert (m.guidance_scale, m.smc_times, m.density_strength, m.connectivity_prior) == \
+        (SAMPLER_DEFAULTS["guidance_scale"], SAMPLER_DEFAULTS["smc_times"],
+         SAMPLER_DEFAULTS["density_acceptance"], False)
+    assert m.checkpoint_defaults == []
+
+
+def test_unknown_sampler_defaults_are_refused(tmp_path):
+    ckpt = _checkpoint_with(tmp_path, {"smc": []})
+    (tmp_path / "bids").mkdir()
+    with pytest.raises(UsageError, match="sampler_defaults has unknown keys \\['smc'\\]"):
+        parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                    "--model", str(ckpt)])

@@ -13,7 +13,7 @@ from .execution import config_file_defaults, load_bids_filters, load_plugin_file
 from ..errors import EX_USAGE, UnknownAnalysisLevel, UsageError
 from ..io.bids import bare_labels
 from ..model.support import (DEFAULT_DENSITY_STRENGTH, DEFAULT_GUIDANCE_SCALE, DEFAULT_SMC_TIMES,
-                              DEFAULT_THRESHOLD)
+                              DEFAULT_THRESHOLD, SAMPLER_DEFAULTS, SAMPLER_OFF)
 
 ANALYSIS_LEVELS = ("participant", "group")
 # the trackers a run can use: GenTract (the default) and the baselines; "none": fODF stage only
@@ -195,28 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "every sampled streamline is written)")
     g.add_argument("--guidance-scale", type=float, default=None,
                    help="guide every flow step by the fODF support of its predicted streamline "
-                        f"(needs the support filter; default: {DEFAULT_GUIDANCE_SCALE} with the "
-                        "filter, off without it; 0: off; docs/benchmarks.md, Sampler)")
+                        "(needs the support filter; default: the checkpoint's sampler default, "
+                        f"else {DEFAULT_GUIDANCE_SCALE} with the filter, off without it; 0: off; "
+                        "docs/benchmarks.md, Sampler)")
     g.add_argument("--smc-times", type=float, nargs="+", default=None, metavar="T",
                    help="sequential Monte Carlo: at these flow times in (0, 1) resample the "
                         "batch by the fODF support of its predicted streamlines (needs the "
-                        f"support filter; default: {' '.join(map(str, DEFAULT_SMC_TIMES))} "
-                        "with the filter, off without it; docs/benchmarks.md, Sampler)")
+                        "support filter; default: the checkpoint's sampler default, else "
+                        f"{' '.join(map(str, DEFAULT_SMC_TIMES))} with the filter, off without "
+                        "it; 0: off; docs/benchmarks.md, Sampler)")
     g.add_argument("--density-acceptance", type=float, default=None, metavar="STRENGTH",
                    help="keep supported streamlines less often where the kept ones' endpoint "
-                        "pairs are crowded (coverage; needs the support filter; default: "
-                        f"{DEFAULT_DENSITY_STRENGTH} with the filter, off without it; 0: off)")
+                        "pairs are crowded (coverage; needs the support filter; default: the "
+                        f"checkpoint's sampler default, else {DEFAULT_DENSITY_STRENGTH} with the "
+                        "filter, off without it; 0: off)")
     g.add_argument("--time-schedule", choices=SCHEDULES, default="uniform",
                    help="the times of the flow sampler's --steps: uniform (k / steps), late "
                         "(denser near the data: the draws spread wider over each bundle, with "
                         "more overreach), early, cosine (default: %(default)s; "
                         "docs/benchmarks.md, Sampler)")
-    g.add_argument("--connectivity-prior", choices=("on", "off"), default="off",
+    g.add_argument("--connectivity-prior", choices=("on", "off"), default=None,
                    help="reject supported streamlines whose two ends join places that no "
                         "streamline of the model's training cohort joins (the checkpoint's "
                         "endpoint-pair prior, model/connectivity.py; needs the support filter "
-                        "and a checkpoint that carries one; default: %(default)s: not yet measured on held-out "
-                        "cohorts, docs/benchmarks.md)")
+                        "and a checkpoint that carries one; default: the checkpoint's sampler "
+                        "default, else off; docs/benchmarks.md)")
     g.add_argument("--registration", choices=("affine", "none"), default="affine",
                    help="how each series is brought into the model's space (the template its "
                         "checkpoint carries): affine: registered to it (dipy, mutual information: "
@@ -259,6 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fill_sampler_defaults(opts) -> None:
+    """Give each sampler option the user left unset its default: the checkpoint's own, else the
+    app's; off without the support filter (``--support-threshold 0``)."""
+    from ..model.inference import sampler_defaults
+
+    defaults = sampler_defaults(opts.model) if opts.support_threshold else SAMPLER_OFF
+    opts.sampler_defaults_from_checkpoint = []
+    for key, value in defaults.items():
+        if getattr(opts, key) is None:
+            setattr(opts, key, list(value) if isinstance(value, list) else value)
+            if opts.support_threshold and value != SAMPLER_DEFAULTS[key]:
+                shown = " ".join(map(str, value)) or "0" if isinstance(value, list) else value
+                opts.sampler_defaults_from_checkpoint.append(
+                    f"--{key.replace('_', '-')} {shown}")
+
+
 def parse_args(argv=None, check_paths: bool = False) -> Config:
     """Parse ``argv`` into the run's :class:`Config` (raises on inconsistent paths/levels);
     ``check_paths``: also the cheap checks of :func:`early_checks`, before the model is loaded."""
@@ -277,14 +296,9 @@ def parse_args(argv=None, check_paths: bool = False) -> Config:
     check_ranges(parser, opts)
     if not 0 <= opts.support_threshold < 1:
         raise UsageError(f"--support-threshold must lie in [0, 1), got {opts.support_threshold}")
-    if opts.guidance_scale is None:
-        opts.guidance_scale = DEFAULT_GUIDANCE_SCALE if opts.support_threshold else 0.0
+    fill_sampler_defaults(opts)
     if opts.guidance_scale and not opts.support_threshold:
         raise UsageError("--guidance-scale needs the support filter")
-    if opts.smc_times is None:
-        opts.smc_times = list(DEFAULT_SMC_TIMES) if opts.support_threshold else []
-    if opts.density_acceptance is None:
-        opts.density_acceptance = DEFAULT_DENSITY_STRENGTH if opts.support_threshold else 0.0
     opts.smc_times = [t for t in opts.smc_times if t != 0]  # --smc-times 0: off
     if any(not 0 < t < 1 for t in opts.smc_times):
         raise UsageError("--smc-times must lie in (0, 1)")
@@ -407,7 +421,8 @@ def _model_section(opts, check: bool) -> Model:
                   density_strength=opts.density_acceptance, precision=opts.precision,
                   time_schedule=opts.time_schedule,
                   connectivity_prior=(opts.connectivity_prior == "on"
-                                      and bool(opts.support_threshold)))
+                                      and bool(opts.support_threshold)),
+                  checkpoint_defaults=list(opts.sampler_defaults_from_checkpoint))
     if check:
         from ..registration.template import load_model_template
 

@@ -428,6 +428,9 @@ def _run_workflow(config: Config, inputs, device: str) -> bool:
         execution.write_graph(wf, ex)
     plugin[1]["status_callback"] = _stop_check(progress)
     execution.apply_node_requests(wf, plugin[0], ex)  # --use-plugin SLURM: per-node requests
+    if config.model.checkpoint_defaults and "gentract" in config.workflow.trackers:
+        LOG.info("sampler defaults of the model's checkpoint: %s",
+                 ", ".join(config.model.checkpoint_defaults))
     LOG.info("processing %d DWI series with %s", len(inputs),
              f"nipype's {plugin[0]} plugin" if ex.plugin else
              f"{ex.nprocs} processes" if ex.nprocs > 1 else "one process")

@@ -107,6 +107,25 @@ def _check_shipped(path: Path) -> None:
                               f"{SHIPPED_CHECKSUMS[stem][:12]}…)")
 
 
+def sampler_defaults(path=None) -> dict:
+    """The sampler defaults of the checkpoint at ``path`` (a path, stem or shipped name; None:
+    the default model): :data:`~gentract_bids.model.support.SAMPLER_DEFAULTS` updated by the
+    ``sampler_defaults`` its JSON carries. A checkpoint that cannot be read gives the app's (its
+    error comes when it is loaded); unknown keys are refused (:class:`UsageError`)."""
+    from ..io.checkpoint import read_checkpoint_metadata
+    from .support import SAMPLER_DEFAULTS
+
+    try:
+        found = read_checkpoint_metadata(resolve_model_path(path)).get("sampler_defaults") or {}
+    except CheckpointError:
+        found = {}
+    unknown = sorted(set(found) - set(SAMPLER_DEFAULTS)) if isinstance(found, dict) else found
+    if unknown:
+        raise UsageError(f"the checkpoint {path or SHIPPED_MODEL.name}: its sampler_defaults "
+                         f"has unknown keys {unknown} (known: {', '.join(SAMPLER_DEFAULTS)})")
+    return {**SAMPLER_DEFAULTS, **found}
+
+
 def model_sampler(meta: dict) -> str:
     """The sampler that fits a checkpoint's objective (``ddim`` or ``flow``)."""
     return SAMPLERS[meta["model_config"].get("objective", "diffusion")]

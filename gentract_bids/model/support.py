@@ -362,6 +362,15 @@ class FodGuidance:
 DEFAULT_SMC_TIMES = (0.5,)  # --smc-times
 DEFAULT_DENSITY_STRENGTH = 2.0  # --density-acceptance
 DEFAULT_SMC_POWER = 4.0  # SMC weight: (supported fraction of the predicted streamline)^power
+# the sampler options (the CLI's dests) that a checkpoint may set for itself (``sampler_defaults``
+# in its JSON, measured per model: docs/benchmarks.md "Sampler defaults per model"), else these;
+# all of them need the support filter, so without it they are all off (SAMPLER_OFF)
+SAMPLER_DEFAULTS = {"guidance_scale": DEFAULT_GUIDANCE_SCALE,
+                    "smc_times": list(DEFAULT_SMC_TIMES),
+                    "density_acceptance": DEFAULT_DENSITY_STRENGTH,
+                    "connectivity_prior": "off"}
+SAMPLER_OFF = {"guidance_scale": 0.0, "smc_times": [], "density_acceptance": 0.0,
+               "connectivity_prior": "off"}
 
 
 class SupportWeight:
