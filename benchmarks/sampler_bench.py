@@ -31,6 +31,7 @@ for _p in (HERE.parent, HERE):
 from phantom.cohorts import ISBI_GEOMETRY, CohortSpec, build_cohort, subject_files  # noqa: E402
 from phantom.common import Settings, _load  # noqa: E402
 from phantom.runners import score_run  # noqa: E402
+from gentract_bids.io.tractogram import clip_to_mask, resample_streamlines  # noqa: E402
 
 
 def dipy_fod(cohort: Path, label: str) -> Path:
@@ -73,7 +74,8 @@ def subject_setup(model_name: str, cohort: Path, label: str, register: bool = Tr
     z = zscore(sh_c, np.asarray(meta["zscore"]["mean"]), np.asarray(meta["zscore"]["std"]),
                mask_c)
     return {"net": net, "meta": meta, "z": z, "model_name": model_name, "support": fod_support(meta, z, mask_c, affine_c),
-            "to_subject": to_subject, "ref_affine": mask_affine, "ref_shape": mask.shape[:3]}
+            "to_subject": to_subject, "ref_affine": mask_affine, "ref_shape": mask.shape[:3],
+            "mask": mask > 0}
 
 
 def connectivity_variant(spec: str, s: dict, ends):
@@ -162,6 +164,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, help="streamlines per batch (default: the app's)")
     ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--no-score", action="store_true", help="timings only")
+    ap.add_argument("--written", action="store_true",
+                    help="also score the streamlines as the app writes them (--step-size 1: "
+                    "1 mm cubic spline, ends clipped to the brain mask; here the phantom's), as "
+                    "written_* keys")
     ap.add_argument("--alone", action="store_true", help="the model alone: no support filter "
                     "(so no guidance, SMC or density step either), --n raw draws")
     ap.add_argument("--isbi", action="store_true", help="the ISBI 2013 geometry's cohort (out "
@@ -196,6 +202,12 @@ def main(argv=None) -> int:
                 sl = r.pop("streamlines")
                 if not a.no_score:
                     r.update(score_run(sl, cohort, label, st.min_streamlines))
+                if a.written and not a.no_score:
+                    written = clip_to_mask(resample_streamlines(sl, 1.0), s["mask"],
+                                           s["ref_affine"])
+                    r.update({f"written_{k}": v for k, v in
+                              score_run(written, cohort, label, st.min_streamlines).items()
+                              if k != "ib"})
                 r.update(seed=seed, subject=label, guidance=g, smc=sm, density_strength=d,
                          schedule=sc,
                          connectivity_variant=c,

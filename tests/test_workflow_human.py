@@ -19,6 +19,7 @@ from scipy import ndimage
 from gentract_bids.cli.run import main
 from gentract_bids.io.tractogram import load_tractogram
 from gentract_bids.phantom.cohort import make_cohort
+from gentract_bids.model.inference import HUMAN_MODEL, sampler_defaults
 from gentract_bids.registration.xfm import read_xfm
 
 # measured on this run (2026-12-03): precision 0.56, 9 bundles with >= 10 streamlines, all points
@@ -73,3 +74,10 @@ def test_default_model_on_a_human_phantom_in_scanner_space(human_run):
     assert metrics["n_bundles"] == 72
     assert metrics["precision"] >= PRECISION_MIN
     assert metrics["valid_bundles"] >= BUNDLES_MIN
+
+    # the sampler ran with the default model's own defaults (its checkpoint's sampler_defaults)
+    side = json.loads(trx.with_suffix(".json").read_text())
+    want = sampler_defaults(HUMAN_MODEL)
+    assert (side["SequentialMonteCarlo"] or {}).get("Times", []) == want["smc_times"]
+    assert (side["ConnectivityPrior"] is not None) == (want["connectivity_prior"] == "on")
+    assert side["Guidance"]["Scale"] == want["guidance_scale"]

@@ -41,7 +41,7 @@ SHIPPED_MODEL = HUMAN_MODEL  # the app's default
 # metadata_sha256 of each shipped checkpoint: its JSON records the weights' and the template's
 # sha256, so this pins all three files (an edited JSON whose checksum was recomputed is caught too)
 SHIPPED_CHECKSUMS = {
-    "gentract_human_phantom": "589326a1dc230ee345186a24bbd3ffaad1e5bb54d9e95ae2c3a96e63cb0af342",
+    "gentract_human_phantom": "fea2192e34f2c0a4ff78fb9d5cd1045177dd4bebcac29d16341eca8690082895",
     "gentract_phantom": "6ff0a0e2e4646f49a81db64a924088f0eed7e64e69d7b38217f7534bb344aecc",
 }
 # the support filter's acceptance each shipped model showed on its dev cohort (ModelFit)
