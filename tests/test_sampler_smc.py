@@ -157,7 +157,8 @@ def test_the_options_reach_the_config_and_need_the_filter(tmp_path):
     from gentract_bids.cli.parser import parse_args
     from gentract_bids.errors import UsageError
 
-    args = [str(tmp_path), str(tmp_path / "out"), "participant"]
+    # the tube model carries no sampler defaults of its own: the app's apply
+    args = [str(tmp_path), str(tmp_path / "out"), "participant", "--model", "gentract_phantom"]
     model = parse_args(args).model  # the defaults with the support filter, off without it
     assert model.smc_times == [0.5] and model.density_strength == 2.0
     model = parse_args(args + ["--support-threshold", "0"]).model
