@@ -17,8 +17,8 @@ import json
 import sys
 
 from gentract_bids.io.checkpoint import checkpoint_paths, read_checkpoint_metadata, seal_metadata
-from gentract_bids.model.inference import resolve_model_path
-from gentract_bids.model.support import SAMPLER_DEFAULTS
+from gentract_bids.errors import UsageError
+from gentract_bids.model.inference import check_sampler_defaults, resolve_model_path
 
 
 def main(argv=None) -> int:
@@ -26,9 +26,10 @@ def main(argv=None) -> int:
     path = resolve_model_path(model)
     meta = read_checkpoint_metadata(path)
     values = json.loads(values)
-    unknown = sorted(set(values) - set(SAMPLER_DEFAULTS))
-    if unknown:
-        raise SystemExit(f"unknown sampler options {unknown} (known: {', '.join(SAMPLER_DEFAULTS)})")
+    try:
+        check_sampler_defaults(values, f"the checkpoint {model}")
+    except UsageError as err:
+        raise SystemExit(str(err)) from None
     meta.pop("sampler_defaults", None)
     if values:
         meta["sampler_defaults"] = values

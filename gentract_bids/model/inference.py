@@ -119,11 +119,18 @@ def sampler_defaults(path=None) -> dict:
         found = read_checkpoint_metadata(resolve_model_path(path)).get("sampler_defaults") or {}
     except CheckpointError:
         found = {}
-    unknown = sorted(set(found) - set(SAMPLER_DEFAULTS)) if isinstance(found, dict) else found
-    if unknown:
-        raise UsageError(f"the checkpoint {path or SHIPPED_MODEL.name}: its sampler_defaults "
-                         f"has unknown keys {unknown} (known: {', '.join(SAMPLER_DEFAULTS)})")
+    check_sampler_defaults(found, f"the checkpoint {path or SHIPPED_MODEL.name}")
     return {**SAMPLER_DEFAULTS, **found}
+
+
+def check_sampler_defaults(values, name: str) -> None:
+    """Refuse (:class:`UsageError`) ``sampler_defaults`` with keys the app does not know."""
+    from .support import SAMPLER_DEFAULTS
+
+    unknown = sorted(set(values) - set(SAMPLER_DEFAULTS)) if isinstance(values, dict) else values
+    if unknown:
+        raise UsageError(f"{name}: its sampler_defaults has unknown keys {unknown} "
+                         f"(known: {', '.join(SAMPLER_DEFAULTS)})")
 
 
 def model_sampler(meta: dict) -> str:
