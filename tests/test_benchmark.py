@@ -111,13 +111,16 @@ def test_gentract_trackers_get_the_app_sampler_options(pb, tmp_path, monkeypatch
     pb.main(["--anatomy", "human", "--trackers", "gentract", "gentract-alone",
              "--connectivity-prior", "on", "--out", str(tmp_path / "o")])
     opts = captured["gentract_options"]
-    from gentract_bids.model.support import (DEFAULT_DENSITY_STRENGTH, DEFAULT_GUIDANCE_SCALE,
-                                             DEFAULT_SMC_TIMES, DEFAULT_THRESHOLD)
-    assert opts["support_threshold"] == DEFAULT_THRESHOLD and opts["connectivity_prior"] is True
-    assert opts["guidance_scale"] == DEFAULT_GUIDANCE_SCALE
-    assert opts["smc_times"] == list(DEFAULT_SMC_TIMES)
-    assert opts["density_strength"] == DEFAULT_DENSITY_STRENGTH
+    from gentract_bids.model.inference import sampler_defaults
+    from gentract_bids.model.support import DEFAULT_THRESHOLD
     assert Path(opts["model"]).name.startswith("gentract_human_phantom")
+    # the human model's own defaults (its checkpoint JSON), not the app-wide ones
+    own = sampler_defaults(opts["model"])
+    assert own["smc_times"] == [0.8]
+    assert opts["support_threshold"] == DEFAULT_THRESHOLD and opts["connectivity_prior"] is True
+    assert opts["guidance_scale"] == own["guidance_scale"]
+    assert opts["smc_times"] == list(own["smc_times"])
+    assert opts["density_strength"] == own["density_acceptance"]
 
     calls = []
     monkeypatch.setattr(runners, "track_gentract", lambda *a, **kw: calls.append(kw) or [])

@@ -97,7 +97,9 @@ def test_sample_tractogram_keeps_only_what_the_prior_allows(tiny_ckpt, zscored_s
     with pytest.raises(ModelMismatchError):
         run("none.trx", far, n=5)
     base = [str(tmp_path), str(tmp_path / "out"), "participant"]
-    assert parse_args(base).model.connectivity_prior is False
+    # the tube model carries no sampler defaults, so the app's (prior off) hold
+    assert parse_args(base + ["--model", "gentract_phantom"]).model.connectivity_prior is False
+    assert parse_args(base + ["--connectivity-prior", "off"]).model.connectivity_prior is False
     assert parse_args(base + ["--connectivity-prior", "on"]).model.connectivity_prior is True
     assert parse_args(base + ["--connectivity-prior", "on", "--support-threshold", "0"]
                       ).model.connectivity_prior is False
