@@ -113,6 +113,17 @@ def test_model_fit_compares_only_runs_with_the_expectations_sampler_settings():
     assert "alone" in fit["ExpectedFrom"]
     assert model_fit(tube, 0.0022, plain)["Verdict"] == "does not fit"  # ISBI geometry
     assert model_fit(tube, 0.40, defaults)["ExpectedAcceptance"] == 0.838
+    # under SMC the connectivity prior weighs the resampling and lifts the acceptance: the human
+    # model's defaults (SMC at 0.8, prior on) are compared only with a run that has both
+    own = dict(table["gentract_human_phantom"]["sampler"])
+    assert own["smc_times"] == [0.8] and own["connectivity_prior"] is True
+    assert model_fit(human, 0.6, own)["ExpectedAcceptance"] == 0.642
+    fit = model_fit(human, 0.6, dict(own, connectivity_prior=False))
+    assert fit["Verdict"] == "unknown" and "weighed by the connectivity prior" in fit["Message"]
+    assert model_fit(human, 0.45, dict(defaults, connectivity_prior=False)
+                     )["ExpectedAcceptance"] == 0.483
+    # without SMC the prior acts after the filter: it does not change what is compared
+    assert model_fit(tube, 0.40, dict(plain, connectivity_prior=True))["Verdict"] == "fits"
 
 
 def test_the_guidance_option_reaches_the_config_and_needs_the_filter(tmp_path):

@@ -175,21 +175,25 @@ def expected_acceptance(meta: dict) -> dict | None:
 
 
 def _sampler_key(sampler: dict) -> tuple:
-    """The settings that change the support filter's acceptance: guidance scale, SMC times."""
-    return (round(float(sampler.get("guidance_scale") or 0.0), 6),
-            tuple(round(float(t), 6) for t in sampler.get("smc_times") or ()))
+    """The settings that change the support filter's acceptance: guidance scale, SMC times and,
+    with SMC, the connectivity prior (it weighs the resampling too; without SMC it acts after
+    the filter, not on what the filter sees)."""
+    smc = tuple(round(float(t), 6) for t in sampler.get("smc_times") or ())
+    return (round(float(sampler.get("guidance_scale") or 0.0), 6), smc,
+            bool(smc and sampler.get("connectivity_prior")))
 
 
 def _sampler_words(sampler: dict) -> str:
-    g, smc = _sampler_key(sampler)
+    g, smc, prior = _sampler_key(sampler)
     return (f"guidance scale {g:g}, "
-            + (f"SMC at {', '.join(f'{t:g}' for t in smc)}" if smc else "no SMC"))
+            + (f"SMC at {', '.join(f'{t:g}' for t in smc)}" if smc else "no SMC")
+            + (" weighed by the connectivity prior" if prior else ""))
 
 
 def model_fit(meta: dict, acceptance: float, sampler: dict | None = None) -> dict:
     """The sidecar's ``ModelFit``: the support filter's acceptance against the one the model
     showed on its own dev cohort with the same sampler settings (``sampler``: the run's
-    ``guidance_scale`` and ``smc_times``; None: the expectation's own); ``Verdict`` is ``does
+    ``guidance_scale``, ``smc_times`` and ``connectivity_prior``; None: the expectation's own); ``Verdict`` is ``does
     not fit`` below :data:`MODEL_FIT_RATIO` of it, ``fits`` otherwise, ``unknown`` for a
     checkpoint without a measured expectation, or none measured with these settings (guidance
     and SMC lift the acceptance two to three times: an unguided run is not compared with a
@@ -516,7 +520,8 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         shutil.rmtree(tmp, ignore_errors=True)
     fit = None if support is None else model_fit(
         meta, accepted / drawn, {"guidance_scale": guidance_scale if guidance else 0.0,
-                                 "smc_times": list(smc[0]) if smc else []})
+                                 "smc_times": list(smc[0]) if smc else [],
+                                 "connectivity_prior": connectivity is not None})
     if fit is not None and fit["Verdict"] == "does not fit":
         LOG.warning("model fit: %s", fit["Message"])
     peak = {"PeakRSSMiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
