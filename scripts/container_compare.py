@@ -12,9 +12,24 @@ import zipfile
 from pathlib import Path
 
 
-def _members(trx: Path) -> dict:
+def _members(trx: Path) -> dict | None:
+    """The TRX zip's members by name; ``None`` when the file is missing."""
+    if not trx.exists():
+        return None
     with zipfile.ZipFile(trx) as z:
         return {name: z.read(name) for name in z.namelist()}
+
+
+SAMPLING_KEYS = ("Precision", "BatchSize", "Device", "NumberSampled", "SequentialMonteCarlo")
+
+
+def _sampling(trx: Path) -> str:
+    """What decided the streamlines, from the tractogram's sidecar (printed when they differ)."""
+    side = trx.with_suffix(".json")
+    if not side.exists():
+        return "no sidecar"
+    meta = json.loads(side.read_text())
+    return ", ".join(f"{k} {meta[k]}" for k in SAMPLING_KEYS if k in meta) or "no sampling keys"
 
 
 def _untimed(obj):
@@ -41,11 +56,15 @@ def main(test_dir: str, expected: str) -> int:
             bad.append(f"image differs: {f.name}")
     print(f"{len(images)} output images, byte-identical inside/outside unless listed below")
     for f in sorted((t / "in").rglob("*_streamlines.trx")):
-        a, b = _members(f), _members(t / "out" / f.relative_to(t / "in"))
+        twin = t / "out" / f.relative_to(t / "in")
+        a, b = _members(f), _members(twin)
         n = json.loads(a["header.json"])["NB_STREAMLINES"]
         print(f"{f.name}: {n} streamlines, members byte-identical inside/outside: {a == b}")
-        if a != b:
-            bad.append(f"tractogram differs: {f.name}")
+        if b is None:
+            bad.append(f"tractogram missing outside: {f.name}")
+        elif a != b:
+            bad.append(f"tractogram differs: {f.name} (inside: {_sampling(f)}; "
+                       f"outside: {_sampling(twin)})")
     for f in sorted((t / "in").rglob("*_desc-eval_*_metrics.json")):
         m_in, m_out = (json.loads(p.read_text()) for p in (f, t / "out" / f.relative_to(t / "in")))
         print(f"{f.name}: precision inside {100 * m_in['precision']:.1f} %, "

@@ -13,8 +13,12 @@ fi
 T=${CTR_TEST_DIR:-$PWD/ctr-test}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/containers.conf}
 export NIPYPE_NO_ET=1 TEMPLATEFLOW_AUTOUPDATE=0
+# --precision and --batch-size pinned: "auto" picks bfloat16 where the CPU has it, and oneDNN's
+# bfloat16 kernels (AMX or AVX-512) may differ between a container and its host; SMC resamples
+# within a batch, and the default batch shrinks when free memory is short (stop 39's CI: every
+# GenTract tractogram differed inside/outside, not reproduced on a 2-core AMX machine)
 ARGS=(--model gentract_phantom --random-seed 0 --tracker gentract sdstream
-      --n-streamlines 300 --nprocs 2)
+      --n-streamlines 300 --nprocs 2 --precision float32 --batch-size 512)
 rm -rf "$T" && mkdir -p "$T/in" "$T/out"
 chmod 777 "$T/in" "$T/out"
 run() { podman run --rm --read-only -u 12345 -v "$T/bids:/bids:ro" -v "$T/in:/out" "$IMAGE" "$@"; }
