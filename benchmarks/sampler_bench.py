@@ -96,13 +96,16 @@ def connectivity_variant(spec: str, s: dict, ends):
 
 def run_one(s: dict, n: int, steps: int, seed: int, guidance: float, workdir: Path,
             smc=(), density: float = 0.0, connectivity=None, batch_size: int | None = None,
-            schedule: str = "uniform") -> dict:
+            schedule: str = "uniform", smc_density: bool = False,
+            density_cell_mm: float | None = None) -> dict:
     from gentract_bids.io.tractogram import load_tractogram
     from gentract_bids.model.inference import sample_tractogram
 
     extra = {"guidance_scale": guidance} if guidance else {}
     extra.update({"smc_times": smc} if smc else {})
     extra.update({"density_strength": density} if density else {})
+    extra.update({"smc_density": True} if smc_density else {})
+    extra.update({"density_cell_mm": density_cell_mm} if density_cell_mm else {})
     extra.update({"connectivity": connectivity} if connectivity is not None else {})
     extra.update({"time_schedule": schedule} if schedule != "uniform" else {})
     out = workdir / "sampled.trx"
@@ -149,6 +152,11 @@ def main(argv=None) -> int:
                     "times (e.g. 0.3,0.6) or off")
     ap.add_argument("--density", type=float, nargs="+", default=[0.0],
                     help="density-acceptance strengths (0: off)")
+    ap.add_argument("--smc-density", nargs="+", choices=("off", "on"), default=["off"],
+                    help="the density step's weight in the SMC resampling too (with --density "
+                    "and --smc)")
+    ap.add_argument("--density-cell", type=float, help="the density step's end-cell size, mm "
+                    "(default: the app's, 8)")
     ap.add_argument("--schedule", nargs="+", default=["uniform"],
                     help="flow time grids: uniform, late, early, cosine (model/flow.py)")
     ap.add_argument("--connectivity", nargs="+", default=["off"], help="connectivity-prior "
@@ -193,12 +201,14 @@ def main(argv=None) -> int:
             s = subject_setup(a.model, cohort, label, register=not a.isbi)
             if a.alone:
                 s["support"] = None
-            variants = [(g, sm, d, c, sc) for g in a.guidance for sm in a.smc
-                        for d in a.density for c in a.connectivity for sc in a.schedule]
-            for g, sm, d, c, sc in variants:
+            variants = [(g, sm, d, c, sc, sd) for g in a.guidance for sm in a.smc
+                        for d in a.density for c in a.connectivity for sc in a.schedule
+                        for sd in a.smc_density]
+            for g, sm, d, c, sc, sd in variants:
                 smc = () if sm == "off" else tuple(float(t) for t in sm.split(","))
                 r = run_one(s, a.n, a.steps, a.sample_seed, g, a.out, smc, d,
-                            connectivity_variant(c, s, ends), a.batch_size, sc)
+                            connectivity_variant(c, s, ends), a.batch_size, sc, sd == "on",
+                            a.density_cell)
                 sl = r.pop("streamlines")
                 if not a.no_score:
                     r.update(score_run(sl, cohort, label, st.min_streamlines))
@@ -209,7 +219,7 @@ def main(argv=None) -> int:
                               score_run(written, cohort, label, st.min_streamlines).items()
                               if k != "ib"})
                 r.update(seed=seed, subject=label, guidance=g, smc=sm, density_strength=d,
-                         schedule=sc,
+                         schedule=sc, smc_density=sd, density_cell=a.density_cell,
                          connectivity_variant=c,
                          n=a.n, steps=a.steps,
                          threads=a.threads)

@@ -119,6 +119,26 @@ def test_density_acceptance_spreads_the_cores_and_keeps_its_rate_as_n_grows():
         DensityAcceptance(0.0)
 
 
+def test_the_density_step_weighs_the_smc_resampling_too(weight):
+    """With ``density``, a particle's SMC weight is its support times the probability the
+    density step would keep it now: a crowded end cell weighs less, the histogram unchanged."""
+    sup, plain = weight
+    dens = DensityAcceptance(2.0)
+    short = _line([-12, 0, 0], [12, 0, 0])  # in the tube too, its ends in other 8 mm cells
+    rng = np.random.default_rng(0)
+    spread = np.stack([rng.uniform(-400, -300, (30, 3)), rng.uniform(300, 400, (30, 3))], 1)
+    crowd = np.repeat(INSIDE.numpy()[None].astype(np.float64), 30, 0)[:, [0, -1]]
+    assert dens.accept(np.concatenate([crowd, spread])).all()
+    m = dens.sum_sq / dens.total  # (30^2 + 30) / 60 = 15.5
+    x = torch.stack([INSIDE, torch.as_tensor(short, dtype=torch.float32)])
+    w = dens.weights(x.numpy().astype(np.float64))
+    np.testing.assert_allclose(w, [((m + 1) / 31) ** 2, 1.0])
+    assert dens.total == 60 and dens.max_count() == 30  # weighing adds nothing
+    both = SupportWeight(sup, CoordinateScaler([-1] * 3, [1] * 3), 1.0, density=dens)
+    np.testing.assert_allclose(plain(x).numpy(), 1.0 + plain.eps)  # equally supported
+    np.testing.assert_allclose(both(x).numpy(), both.eps + w)
+
+
 def test_sample_tractogram_runs_smc_and_density_acceptance(tiny_ckpt, zscored_sh, tmp_path,
                                                             caplog):
     from test_support import _half_space_support
@@ -151,6 +171,37 @@ def test_sample_tractogram_runs_smc_and_density_acceptance(tiny_ckpt, zscored_sh
         late, info_l = run("l.trx", time_schedule="late")
     assert info_l["TimeSchedule"] == "late" and not np.allclose(late, plain)
     assert "on the late time grid" in caplog.text  # the log names the grid, as the sidecar does
+
+
+def test_short_memory_under_smc_warns_and_names_the_batch_that_reproduces_it(
+        tiny_ckpt, zscored_sh, tmp_path, caplog, monkeypatch):
+    """SMC resamples within a batch, so a batch shrunk by free memory changes the streamlines:
+    the log says so and names the --batch-size that gives this run again."""
+    from test_support import _half_space_support
+
+    from gentract_bids.io.tractogram import load_tractogram
+    from gentract_bids.model import inference
+
+    model, meta = inference.load_model(tiny_ckpt)
+    support, _, affine, mask = _half_space_support(meta)
+
+    def run(name, **kw):
+        info = inference.sample_tractogram(
+            model, meta, zscored_sh, tmp_path / name, n_streamlines=200, ref_affine=affine,
+            ref_shape=mask.shape, seed=5, support=support, smc_times=(0.5,), **kw)
+        return np.stack(load_tractogram(tmp_path / name)[0]), info
+
+    roomy, info = run("roomy.trx")
+    assert "shrinks the sampling batch" not in caplog.text
+    monkeypatch.setattr(inference, "_available_bytes", lambda device: 1 << 20)
+    with caplog.at_level("WARNING", logger="gentract"):
+        short, info_s = run("short.trx")
+    assert info_s["BatchSize"] == 64 < info["BatchSize"]
+    assert f"from {info['BatchSize']} to 64" in caplog.text and "--batch-size 64" in caplog.text
+    assert not (roomy.shape == short.shape and np.array_equal(roomy, short))
+    monkeypatch.undo()
+    again, _ = run("again.trx", batch_size=64)
+    np.testing.assert_array_equal(again, short)
 
 
 def test_the_options_reach_the_config_and_need_the_filter(tmp_path):

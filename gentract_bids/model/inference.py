@@ -277,19 +277,21 @@ def resolve_precision(device: str, requested: str = "auto") -> str:
 
 def auto_batch_size(model, device: str = "cpu", fraction: float = 0.25,
                     n_context_tokens: int | None = None, n_streamlines: int | None = None,
-                    oversampling: float = 1.0) -> int:
+                    oversampling: float = 1.0, free_bytes: int | None = None) -> int:
     """Streamlines per batch from free memory: ``fraction`` of it over a per-streamline estimate
     of the transformer's activations (self- and cross-attention scores, feed-forward), rounded
     down to a power of two, between 64 and :data:`CPU_BATCH_CAP` (CPU: larger batches run slower
     per streamline there) or :data:`CUDA_BATCH_CAP`. With ``n_streamlines``,
     never more than one batch needs: ``n_streamlines`` x ``oversampling`` (the support filter's
-    expected draws per kept streamline) rounded up to a power of two, at least 64."""
+    expected draws per kept streamline) rounded up to a power of two, at least 64.
+    ``free_bytes``: the memory to size for (default: what is free, capped by ``--mem``)."""
     t = model.config.transformer
     p, w = t.n_points, t.width
     tokens = n_context_tokens or int(np.prod(model.context_grid_shape))
     floats = p * (w * (6 + t.ff_mult) + t.heads * (p + tokens)) * 3  # x3: inputs, outputs, temps
     per_streamline = 4 * floats
-    n = int(_available_bytes(device) * fraction // per_streamline)
+    free = _available_bytes(device) if free_bytes is None else free_bytes
+    n = int(free * fraction // per_streamline)
     cap = CUDA_BATCH_CAP if device.startswith("cuda") else CPU_BATCH_CAP
     n = 1 << (max(64, min(cap, n)).bit_length() - 1)
     if n_streamlines is not None:
@@ -327,7 +329,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                       batch_size: int | None = None, seed: int = 0, device: str = "cpu",
                       context: torch.Tensor | None = None, support=None,
                       to_subject=None, guidance_scale: float = 0.0, smc_times=(),
-                      density_strength: float = 0.0, connectivity=None,
+                      density_strength: float = 0.0, density_cell_mm: float | None = None,
+                      smc_density: bool = False,
+                      connectivity=None,
                       time_schedule: str = "uniform",
                       precision: str = "auto") -> dict:
     """Sample ``n_streamlines`` whole streamlines and write them (RAS+ mm) to ``out_file``.
@@ -335,11 +339,14 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     ``zscored_sh`` is the subject's z-scored SH volume on the model's canonical grid (with a
     precomputed ``context`` it is used only by a model with local fODF features). ``ref_affine``/``ref_shape`` describe the reference image of
     the tractogram header (the subject's native grid). The same ``seed`` gives the same streamlines
-    on the same device, whatever ``batch_size`` (default: :func:`auto_batch_size` for this
-    request) on the CPU (tested): only the initial noise is random, drawn batch after batch from
-    one generator stream. On CUDA this is not guaranteed (the noise and the kernels may depend on
-    the batch shape), nor when the support filter stops at ``max_oversampling``: the last batch
-    drawn then decides how many are kept. With ``support`` (a :class:`~gentract_bids.model.support.FodSupport`),
+    on the same device and ``precision``, whatever ``batch_size`` (default: :func:`auto_batch_size`
+    for this request) on the CPU without SMC (tested): only the initial noise is random, drawn batch
+    after batch from one generator stream. With ``smc_times`` the batch matters (SMC resamples a
+    streamline among those of its batch): the same
+    ``batch_size`` gives the same streamlines, and the default one depends on free memory only
+    below about 0.7 GiB free (a warning says so). On CUDA this is not guaranteed (the noise and the
+    kernels may depend on the batch shape), nor when the support filter stops at
+    ``max_oversampling``: the last batch drawn then decides how many are kept. With ``support`` (a :class:`~gentract_bids.model.support.FodSupport`),
     every batch is trimmed and filtered by its fODF support and batches are drawn until
     ``n_streamlines`` are kept (or ``max_oversampling`` times as many were drawn: then fewer are
     written and the sidecar says so). ``to_subject`` (4, 4) maps the model's coordinates to the
@@ -352,7 +359,9 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
     (:func:`~gentract_bids.model.flow.smc_resample`,
     :class:`~gentract_bids.model.support.SupportWeight`).
     ``density_strength`` > 0 (with ``support``): supported streamlines are kept by a
-    density-aware acceptance (:class:`~gentract_bids.model.support.DensityAcceptance`).
+    density-aware acceptance (:class:`~gentract_bids.model.support.DensityAcceptance`, its end
+    cells ``density_cell_mm`` wide, None: its default); ``smc_density`` (with it and ``smc_times``): its keep probability also weighs the SMC
+    resampling, so fewer particles go on to crowded end cells.
     ``time_schedule`` (flow models): the times of the ``steps`` ODE steps,
     :func:`~gentract_bids.model.flow.time_grid` (``uniform``, the default, ``late``, ``early`` or
     ``cosine``).
@@ -378,8 +387,15 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
         raise ModelMismatchError(f"--sampler {sampler} does not fit this model (use {check_sampler})")
     steps = int(steps or model.config.steps)
     if not batch_size:
-        batch_size = auto_batch_size(model, device, n_streamlines=n_streamlines,
-                                     oversampling=1.0 if support is None else EXPECTED_OVERSAMPLING)
+        sizing = dict(n_streamlines=n_streamlines,
+                      oversampling=1.0 if support is None else EXPECTED_OVERSAMPLING)
+        batch_size = auto_batch_size(model, device, **sizing)
+        roomy = auto_batch_size(model, device, free_bytes=1 << 62, **sizing)
+        if smc_times and batch_size < roomy:
+            LOG.warning("free memory (or --mem) shrinks the sampling batch from %d to %d: SMC "
+                        "resamples within a batch, so these streamlines differ from a run with "
+                        "more memory; --batch-size %d reproduces this run",
+                        roomy, batch_size, batch_size)
     batch_size = int(batch_size)
     scaler = CoordinateScaler.from_dict(meta["coord_bounds"])
     p = model.config.n_points
@@ -406,15 +422,6 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
             raise UsageError("--guidance-scale needs the support filter and a flow model")
         guidance = FodGuidance(support, scaler, model.config.data_scale,
                                guidance_scale, device)
-    smc = None
-    if smc_times:
-        from .support import SupportWeight
-
-        if support is None or sampler != "flow":
-            raise UsageError("--smc-times needs the support filter and a flow model")
-        smc = (tuple(float(t) for t in smc_times),
-               SupportWeight(support, scaler, model.config.data_scale,
-                             connectivity=connectivity))
     if connectivity is not None and support is None:
         raise UsageError("the connectivity prior needs the support filter")
     density = None
@@ -423,7 +430,18 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
 
         if support is None:
             raise UsageError("--density-acceptance needs the support filter")
-        density = DensityAcceptance(density_strength, seed=int(seed))
+        density = DensityAcceptance(density_strength, seed=int(seed),
+                                    **({"cell_mm": density_cell_mm} if density_cell_mm else {}))
+    smc = None
+    if smc_times:
+        from .support import SupportWeight
+
+        if support is None or sampler != "flow":
+            raise UsageError("--smc-times needs the support filter and a flow model")
+        smc = (tuple(float(t) for t in smc_times),
+               SupportWeight(support, scaler, model.config.data_scale,
+                             connectivity=connectivity,
+                             density=density if smc_density else None))
     generator = torch.Generator(device=device).manual_seed(int(seed))
     tmp = Path(tempfile.mkdtemp(prefix=".gentract-", dir=out_file.parent))
     try:
@@ -564,6 +582,7 @@ def sample_tractogram(model, meta: dict, zscored_sh: np.ndarray, out_file, *, n_
                                               "rejected"}),
         "DensityAcceptance": (None if density is None else
                               {"Strength": density.strength, "CellMillimetres": density.cell_mm,
+                               "WeighsSMC": bool(smc and smc_density),
                                "Cells": len(density.counts),
                                "MaxCellCount": density.max_count()}),
         "PointsPerStreamline": int(p),

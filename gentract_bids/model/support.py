@@ -379,10 +379,12 @@ class SupportWeight:
     :class:`FodSupport` check points where the fODF supports it (the filter's test)."""
 
     def __init__(self, support: FodSupport, scaler, data_scale: float,
-                 power: float = DEFAULT_SMC_POWER, eps: float = 1e-3, connectivity=None):
+                 power: float = DEFAULT_SMC_POWER, eps: float = 1e-3, connectivity=None,
+                 density=None):
         self.support, self.scaler, self.data_scale = support, scaler, float(data_scale)
         self.power, self.eps = float(power), float(eps)
         self.connectivity = connectivity  # a ConnectivityPrior: its rejects weigh eps
+        self.density = density  # a DensityAcceptance: crowded end cells weigh what it keeps
 
     def _mm(self, x) -> np.ndarray:
         return self.scaler.to_mm(x.detach().float().cpu().numpy().astype(np.float64)
@@ -396,7 +398,10 @@ class SupportWeight:
         f = (amp >= self.support.settings.threshold).mean(1)
         if self.connectivity is not None:
             f = f * self.connectivity.allowed(mm)
-        return torch.from_numpy(self.eps + f ** self.power)
+        w = f ** self.power
+        if self.density is not None:
+            w = w * self.density.weights(mm)
+        return torch.from_numpy(self.eps + w)
 
 
 DEFAULT_DENSITY_CELL_MM = 8.0
@@ -449,6 +454,13 @@ class DensityAcceptance:
                 self.total += 1
                 self.sum_sq += 2 * c + 1
         return keep
+
+    def weights(self, streamlines: np.ndarray) -> np.ndarray:
+        """The probability (n,) each candidate would be kept with now, the histogram unchanged:
+        the SMC weight's density factor (``SupportWeight(density=...)``)."""
+        m = self.sum_sq / self.total if self.total else 0.0
+        c = np.array([self.counts.get(cell, 0) for cell in self.cells(streamlines)], float)
+        return np.minimum(1.0, ((m + 1) / (c + 1)) ** self.strength)
 
     def max_count(self) -> int:
         return max(self.counts.values(), default=0)
