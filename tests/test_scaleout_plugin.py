@@ -66,13 +66,14 @@ def test_missing_plugin_file_is_a_usage_error(tmp_path, capsys):
     assert "--use-plugin" in capsys.readouterr().err
 
 
-def _series(tmp_path, shape=(20, 24, 20, 33)) -> DWIInput:
-    d = tmp_path / "sub-01" / "dwi"
+def _series(tmp_path, shape=(20, 24, 20, 33), subject="01") -> DWIInput:
+    d = tmp_path / f"sub-{subject}" / "dwi"
     d.mkdir(parents=True)
-    dwi = d / "sub-01_dwi.nii.gz"
+    dwi = d / f"sub-{subject}_dwi.nii.gz"
     nb.Nifti1Image(np.zeros(shape, np.float32), np.eye(4) * 2).to_filename(dwi)
-    return DWIInput(subject="01", dwi=str(dwi), bval=str(d / "sub-01_dwi.bval"),
-                    bvec=str(d / "sub-01_dwi.bvec"), mask=None, entities={"subject": "01"})
+    return DWIInput(subject=subject, dwi=str(dwi), bval=str(d / f"sub-{subject}_dwi.bval"),
+                    bvec=str(d / f"sub-{subject}_dwi.bvec"), mask=None,
+                    entities={"subject": subject})
 
 
 def test_heavy_nodes_ask_slurm_for_their_cpus_and_memory(tmp_path, monkeypatch):
@@ -97,6 +98,18 @@ def test_heavy_nodes_ask_slurm_for_their_cpus_and_memory(tmp_path, monkeypatch):
         f"--cpus-per-task=3 --mem={round(hints['track'] * 1024)}M"
     assert nodes["fodf_wf.brain_mask"].plugin_args["sbatch_args"] == \
         "--cpus-per-task=1 --mem=205M"  # nipype's default hint: 0.2 GB
+
+
+def test_multiproc_counts_the_sampling_threads(tmp_path):
+    """The sampling node runs --nthreads torch threads: MultiProc must count them, or two
+    subjects' samplers run 2 x N threads on N CPUs (the human demo: 5x slower)."""
+    items = [_series(tmp_path, subject=s) for s in ("01", "02")]
+    config = Config(execution=Execution(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                                        work_dir=tmp_path / "work", nprocs=2, omp_nthreads=1))
+    config.workflow.trackers = ["gentract"]
+    wf = init_gentract_wf(config, items, "cpu")
+    samplers = [nd for nd in wf._get_all_nodes() if nd.name == "sample"]
+    assert len(samplers) == 2 and all(nd.n_procs == 2 for nd in samplers)
 
 
 def test_mem_budget_caps_the_hints_and_is_the_sampling_request(tmp_path):

@@ -239,7 +239,7 @@ def _tracking_wf(config: Config, tracker: str, device: str, use_tissue_maps: boo
             time_schedule=mcfg.time_schedule,
             connectivity_prior=mcfg.connectivity_prior, registered=wcfg.registration == "affine",
             step_size=wcfg.step_size,
-            mem_gb=hints["sample"],
+            mem_gb=hints["sample"], n_procs=config.execution.nprocs,
         )
     return init_baseline_tracking_wf(
         tracker=tracker, n_streamlines=wcfg.n_streamlines, sift_factor=wcfg.sift_factor,

@@ -93,6 +93,7 @@ def init_gentract_tractography_wf(
     registered: bool = False,
     step_size: float | None = 1.0,
     mem_gb: float = 1.0,
+    n_procs: int = 1,
     name: str = "track_gentract_wf",
 ):
     """GenTract: encode the subject's context once, sample ``n_streamlines`` whole streamlines.
@@ -107,7 +108,9 @@ def init_gentract_tractography_wf(
     (:mod:`gentract_bids.model.connectivity`).
 
     ``step_size`` (mm): the streamlines are resampled to this step (cubic spline) and their ends
-    clipped to ``mask_file``; None writes the model's points as sampled.
+    clipped to ``mask_file``; None writes the model's points as sampled. ``n_procs``: the torch
+    threads the sampling node runs (``--nthreads``), so that MultiProc never runs more sampling
+    threads at once than it has CPUs.
 
     Outputs (``outputnode``): ``tractogram`` (RAS+ mm) and ``metadata`` (model name and sha256,
     sampler, steps, seed, device, number of streamlines, timings).
@@ -123,7 +126,8 @@ def init_gentract_tractography_wf(
                                     density_strength=density_strength,
                                     precision=precision, time_schedule=time_schedule,
                                     connectivity_prior=connectivity_prior),
-                     name="sample", mem_gb=mem_gb)  # the sampler's batches stay inside --mem
+                     name="sample", mem_gb=mem_gb,  # the sampler's batches stay inside --mem
+                     n_procs=n_procs)
     links = [("canonical_fod", "canonical_fod"), ("mask_file", "reference_file")]
     if support_threshold:
         links.append(("canonical_mask", "canonical_mask"))
