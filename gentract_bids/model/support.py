@@ -447,20 +447,24 @@ class DensityAcceptance:
             if limit is not None and keep.sum() >= limit:
                 break
             c = self.counts.get(cell, 0)
-            m = self.sum_sq / self.total if self.total else 0.0
-            if u[i] < min(1.0, ((m + 1) / (c + 1)) ** self.strength):
+            if u[i] < min(1.0, self._ratio(c)):
                 keep[i] = True
                 self.counts[cell] = c + 1
                 self.total += 1
                 self.sum_sq += 2 * c + 1
         return keep
 
+    def _ratio(self, count):
+        """((m + 1) / (count + 1))^strength for a cell count (or an array of them), m the
+        count-weighted mean count now: the keep probability before its cap at 1."""
+        m = self.sum_sq / self.total if self.total else 0.0
+        return ((m + 1) / (count + 1)) ** self.strength
+
     def weights(self, streamlines: np.ndarray) -> np.ndarray:
         """The probability (n,) each candidate would be kept with now, the histogram unchanged:
         the SMC weight's density factor (``SupportWeight(density=...)``)."""
-        m = self.sum_sq / self.total if self.total else 0.0
         c = np.array([self.counts.get(cell, 0) for cell in self.cells(streamlines)], float)
-        return np.minimum(1.0, ((m + 1) / (c + 1)) ** self.strength)
+        return np.minimum(1.0, self._ratio(c))
 
     def max_count(self) -> int:
         return max(self.counts.values(), default=0)
