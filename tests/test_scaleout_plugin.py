@@ -128,7 +128,7 @@ def test_the_sampling_node_asks_for_the_torch_threads(tmp_path, monkeypatch):
 
     from gentract_bids.workflows.tractography import init_gentract_tractography_wf
 
-    wf = init_gentract_tractography_wf(model_path="m", n_streamlines=10, mem_gb=1.0)
+    wf = init_gentract_tractography_wf(model_path="m", n_streamlines=10, mem_gb=1.0, n_procs=6)
     ex = Execution(nprocs=6)
     top = pe.Workflow(name="top")
     top.add_nodes([wf])

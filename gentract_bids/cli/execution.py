@@ -124,7 +124,8 @@ def nipype_settings(ncfg, ex) -> None:
 # before the outputs exist, and gentract then writes its reports from them)
 PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SGE", "PBS", "LSF", "Condor",
            "OAR", "IPython")
-# nodes whose torch threads are --nthreads (GENTRACT_NTHREADS), not their n_procs
+# nodes that run torch with --nthreads threads (GENTRACT_NTHREADS; the workflow sets their
+# n_procs to it) and size their batches from the memory budget
 TORCH_NODES = ("sample",)
 
 
@@ -166,10 +167,9 @@ def plugin_settings(ex) -> tuple[str, dict]:
     return "MultiProc", args
 
 
-def node_requests(node, ex) -> tuple[int, float]:
+def node_requests(node) -> tuple[int, float]:
     """(CPUs, GB) a node asks the scheduler for: its ``n_procs``/``mem_gb`` hints."""
-    cpus = ex.nprocs if node.name in TORCH_NODES else node.n_procs
-    return max(1, int(cpus)), float(node.mem_gb)
+    return max(1, int(node.n_procs)), float(node.mem_gb)
 
 
 # how each batch plugin is told a node's CPUs and memory (GB), appended to its own arguments
@@ -195,7 +195,7 @@ def apply_node_requests(wf, plugin: str, ex) -> int:
     for node in wf._get_all_nodes():
         if node.run_without_submitting:
             continue
-        cpus, gb = node_requests(node, ex)
+        cpus, gb = node_requests(node)
         if node.name in TORCH_NODES and not ex.mem_mb:  # the budget its request was made for
             from ..workflows.base import SAMPLE_BUDGET_GB
 
